@@ -1,0 +1,41 @@
+"""afar: run the body of a ``with`` block on a Dask worker.
+
+>>> import afar
+>>> with afar.run, remotely:  # doctest: +SKIP
+...     import os
+...     pid = os.getpid()
+"""
+
+from __future__ import annotations
+
+from afar._locations import Location, later, locally, remotely
+from afar._run import Captured, Get, Run, get, run
+from afar.errors import (
+    AfarError,
+    BlockSyntaxError,
+    ClientError,
+    LocationError,
+    NotPicklableError,
+    SourceError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AfarError",
+    "BlockSyntaxError",
+    "Captured",
+    "ClientError",
+    "Get",
+    "Location",
+    "LocationError",
+    "NotPicklableError",
+    "Run",
+    "SourceError",
+    "__version__",
+    "get",
+    "later",
+    "locally",
+    "remotely",
+    "run",
+]

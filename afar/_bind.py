@@ -1,0 +1,43 @@
+"""Write a block's saved names into the caller's namespace, wherever the with statement stands."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+import types
+from collections.abc import Mapping
+from typing import Any
+
+# co_flags bit of function code: its locals live in fast slots, not in a dictionary.
+CO_OPTIMIZED = 0x0001
+# PEP 667 (Python 3.13): frame.f_locals of a function is a write-through proxy.
+WRITE_THROUGH_LOCALS = sys.version_info >= (3, 13)
+
+
+def bind(frame: types.FrameType, values: Mapping[str, Any]) -> None:
+    """Bind ``values`` where the code of ``frame`` would bind those names itself."""
+    if not values:
+        return
+    code = frame.f_code
+    if not code.co_flags & CO_OPTIMIZED:
+        # Module level, class bodies, IPython cells: f_locals is the namespace itself.
+        frame.f_locals.update(values)
+        return
+    fast = {*code.co_varnames, *code.co_cellvars, *code.co_freevars}
+    local_values = {name: v for name, v in values.items() if name in fast}
+    for name, value in values.items():
+        if name not in fast:
+            # The function does not bind the name locally: it declared it `global`.
+            frame.f_globals[name] = value
+    if not local_values:
+        return
+    if WRITE_THROUGH_LOCALS:
+        proxy = frame.f_locals
+        for name, value in local_values.items():
+            proxy[name] = value  # cells (nonlocal, closures) are written through too
+        return
+    # Python 3.10-3.12: f_locals is a snapshot dict; reading it refreshes the snapshot from the
+    # fast slots, then PyFrame_LocalsToFast copies it back, cells included.
+    snapshot = frame.f_locals
+    snapshot.update(local_values)
+    ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))

@@ -1,0 +1,276 @@
+"""Find the ``with`` statement executing in the caller's frame and take its body from the source."""
+
+from __future__ import annotations
+
+import ast
+import dis
+import linecache
+import sys
+import types
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+from afar.errors import BlockSyntaxError, SourceError
+
+# co_flags bits of ``from __future__`` imports that change compilation (PEP 563 annotations...).
+FUTURE_FLAGS_MASK = 0x1000000 | 0x2000000 | 0x4000000 | 0x8000000
+# IPython runs ``%%time`` cells under this file name, without registering them in linecache.
+IPYTHON_TIME_FILENAMES = frozenset({"<timed exec>"})
+# ``%%timeit`` wraps the cell in a function of its own: the running code cannot be compared with
+# the cell's source, which comes from IPython's input history instead.
+IPYTHON_TIMEIT_FILENAMES = frozenset({"<magic-timeit>"})
+PARSE_CACHE_SIZE = 128
+
+
+@dataclass(frozen=True)
+class Site:
+    """One ``with afar...`` statement in the source: what every later stage starts from."""
+
+    filename: str
+    lines: tuple[str, ...]  # the whole source, one string per line, with line endings
+    node: ast.With | ast.AsyncWith
+    body_first_line: int  # first line of the body, decorators included
+    body_last_line: int
+    future_flags: int
+
+    @property
+    def label(self) -> str:
+        return f"{short_filename(self.filename)}:{self.node.lineno}"
+
+    @property
+    def body(self) -> list[ast.stmt]:
+        return self.node.body
+
+    def where(self, lineno: int | None = None) -> str:
+        return f'File "{self.filename}", line {lineno or self.node.lineno}'
+
+
+def short_filename(filename: str) -> str:
+    return filename.replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def site_for(frame: types.FrameType) -> Site:
+    """The afar ``with`` statement that ``frame`` is entering; raise if it cannot be trusted."""
+    filename = frame.f_code.co_filename
+    text = source_text(frame)
+    flags = frame.f_code.co_flags & FUTURE_FLAGS_MASK
+    tree, text = parsed(filename, text, flags)
+    node = with_at_line(tree, frame.f_lineno)
+    if node is None:
+        raise SourceError(
+            f'{filename}, line {frame.f_lineno}: the source afar found there holds no "with" '
+            "statement. The file was probably changed after it was imported: restart the "
+            "process (or re-run the cell) so that the running code matches its source."
+        )
+    lines = tuple(text.splitlines(keepends=True))
+    first = first_line(node.body[0])
+    site = Site(
+        filename=filename,
+        lines=lines,
+        node=node,
+        body_first_line=first,
+        body_last_line=node.body[-1].end_lineno or node.body[-1].lineno,
+        future_flags=flags,
+    )
+    check_body_not_on_header(site)
+    if filename not in IPYTHON_TIMEIT_FILENAMES:
+        check_running_code(frame, text, site)
+    return site
+
+
+def source_text(frame: types.FrameType) -> str:
+    filename = frame.f_code.co_filename
+    if filename in IPYTHON_TIME_FILENAMES or filename in IPYTHON_TIMEIT_FILENAMES:
+        text = ipython_magic_cell()
+        if text is not None:
+            return text
+    lines = linecache.getlines(filename, frame.f_globals)
+    if not lines:
+        raise SourceError(
+            f"afar needs the source of the block, but there is none for {filename!r} "
+            f"(line {frame.f_lineno}): code given to `python -c` or to exec() as a string has "
+            "no source file. Put the code in a file, run it in IPython or Jupyter, or register "
+            "the string in linecache (linecache.cache[filename] = (len(text), None, "
+            "text.splitlines(True), filename)) and compile it with that file name."
+        )
+    return "".join(lines)
+
+
+def ipython_magic_cell() -> str | None:
+    """The body of the ``%%time``/``%%timeit`` cell running now, from IPython's input history."""
+    ipython_module = sys.modules.get("IPython")
+    shell = ipython_module.get_ipython() if ipython_module is not None else None
+    if shell is None:
+        return None
+    history = getattr(shell, "history_manager", None)
+    raw = history.input_hist_raw[-1] if history is not None and history.input_hist_raw else ""
+    magic, _, cell = raw.partition("\n")
+    if not magic.lstrip().startswith("%%"):
+        return None
+    return shell.transform_cell(cell)
+
+
+def parsed(filename: str, text: str, flags: int) -> tuple[ast.Module, str]:
+    """The syntax tree of a source; IPython syntax (``%magic``, ``!cmd``) transformed if needed."""
+    try:
+        return _parse(text, filename, flags), text
+    except SyntaxError as error:
+        transformed = _ipython_transform(text)
+        if transformed is None or transformed == text:
+            raise SourceError(
+                f"{filename}, line {error.lineno}: afar cannot parse the source of the running "
+                f"code ({error.msg}). It was probably changed after it was imported: restart "
+                "the process so that the running code matches its source."
+            ) from None
+        return _parse(transformed, filename, flags), transformed
+
+
+@lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _parse(text: str, filename: str, flags: int) -> ast.Module:
+    return compile(text, filename, "exec", flags=flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+
+
+@lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _compiled(text: str, filename: str, flags: int) -> types.CodeType:
+    return compile(text, filename, "exec", flags=flags, dont_inherit=True)
+
+
+def _ipython_transform(text: str) -> str | None:
+    ipython_module = sys.modules.get("IPython")
+    shell = ipython_module.get_ipython() if ipython_module is not None else None
+    if shell is None:
+        return None
+    return shell.transform_cell(text)
+
+
+def first_line(statement: ast.stmt) -> int:
+    decorators = getattr(statement, "decorator_list", None) or []
+    return min([statement.lineno, *(d.lineno for d in decorators)])
+
+
+def with_at_line(tree: ast.Module, lineno: int) -> ast.With | ast.AsyncWith | None:
+    """The innermost ``with`` statement whose header spans ``lineno``."""
+    found: ast.With | ast.AsyncWith | None = None
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.With, ast.AsyncWith)):
+            continue
+        header_end = max(node.lineno, first_line(node.body[0]) - 1)
+        if node.lineno <= lineno <= header_end and (found is None or node.lineno > found.lineno):
+            found = node
+    return found
+
+
+def check_body_not_on_header(site: Site) -> None:
+    statement = site.body[0]
+    line = site.lines[site.body_first_line - 1]
+    column = statement.col_offset if site.body_first_line == statement.lineno else None
+    if column is None:
+        return  # decorators stand on their own lines
+    before = line.encode()[:column].decode(errors="replace").strip()
+    if before:
+        raise BlockSyntaxError(
+            "the body of an afar block must start on a new line after the ':' of the with "
+            "statement, for example\n    with afar.run, remotely:\n        x = 1",
+            site.filename,
+            site.node.lineno,
+        )
+
+
+# The running code and the source must be the same code: compile the source and compare what
+# each does on the lines of the with statement (names, constants, operations), so that an edit
+# which keeps line numbers is caught too. Opcodes that only reflect how the code was compiled
+# (a cell run statement by statement, the implicit "return None" at the end of a module) are
+# left out.
+_IGNORED_OPNAMES = frozenset(
+    {
+        "CACHE",
+        "COPY_FREE_VARS",
+        "EXTENDED_ARG",
+        "MAKE_CELL",
+        "NOP",
+        "POP_TOP",
+        "PRINT_EXPR",
+        "PUSH_NULL",
+        "RESUME",
+        "RETURN_CONST",
+        "RETURN_VALUE",
+        "NOT_TAKEN",
+    }
+)
+_JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
+
+
+def check_running_code(frame: types.FrameType, text: str, site: Site) -> None:
+    try:
+        module = _compiled(text, site.filename, site.future_flags)
+    except SyntaxError:
+        # The source parsed as a tree but does not compile on its own (an IPython cell with
+        # top-level await, for instance): nothing to compare with.
+        return
+    code = frame.f_code
+    fresh = module if code.co_name == "<module>" else find_code(module, code)
+    first, last = site.node.lineno, site.body_last_line
+    if fresh is None or signature(fresh, first, last) != signature(code, first, last):
+        raise SourceError(
+            f"{site.filename}, line {site.node.lineno}: the source of this block is not the "
+            "code that is running (the file was edited after it was imported, or exec() ran "
+            "other text under this file name). afar does not run code it cannot see: restart "
+            "the process or re-import the module so that the source matches."
+        )
+
+
+def find_code(module: types.CodeType, target: types.CodeType) -> types.CodeType | None:
+    qualname = getattr(target, "co_qualname", None)
+    stack = [module]
+    while stack:
+        code = stack.pop()
+        if (
+            code.co_name == target.co_name
+            and code.co_firstlineno == target.co_firstlineno
+            and getattr(code, "co_qualname", None) == qualname
+        ):
+            return code
+        stack.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+    return None
+
+
+def signature(code: types.CodeType, first: int, last: int) -> Counter[tuple[object, ...]]:
+    """What ``code`` does on lines ``first``..``last``: a multiset of (line, operation, operand)."""
+    tokens: Counter[tuple[object, ...]] = Counter()
+    line = code.co_firstlineno
+    instructions = list(dis.get_instructions(code))
+    for index, instruction in enumerate(instructions):
+        line = _line_of(instruction, line)
+        if line is None or not first <= line <= last:
+            continue
+        name = instruction.opname
+        if name in _IGNORED_OPNAMES or _returns_none(instructions, index):
+            continue
+        if instruction.opcode in _JUMPS:
+            tokens[(line, name)] += 1
+        elif isinstance(instruction.argval, types.CodeType):
+            inner = instruction.argval
+            body = sorted(signature(inner, 0, sys.maxsize).items(), key=repr)
+            tokens[(line, name, inner.co_name, tuple(body))] += 1
+        else:
+            tokens[(line, name, repr(instruction.argval))] += 1
+    return tokens
+
+
+def _line_of(instruction: dis.Instruction, previous: int | None) -> int | None:
+    positions = getattr(instruction, "positions", None)
+    if positions is not None:  # Python 3.11+
+        return positions.lineno
+    starts = instruction.starts_line  # Python 3.10: the line number where a line starts
+    return starts if isinstance(starts, int) and not isinstance(starts, bool) else previous
+
+
+def _returns_none(instructions: list[dis.Instruction], index: int) -> bool:
+    following = instructions[index + 1] if index + 1 < len(instructions) else None
+    return (
+        instructions[index].opname == "LOAD_CONST"
+        and instructions[index].argval is None
+        and following is not None
+        and following.opname == "RETURN_VALUE"
+    )

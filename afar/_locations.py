@@ -1,0 +1,107 @@
+"""Where a block runs: ``remotely`` (a Dask worker), ``locally`` (in-process), ``later`` (nowhere)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from afar.errors import LocationError
+
+# Options of client.submit that afar sets itself for the block's task.
+OWNED_SUBMIT_OPTIONS = frozenset({"key", "actor", "actors", "pure"})
+
+
+class Where(enum.Enum):
+    REMOTELY = "remotely"
+    LOCALLY = "locally"
+    LATER = "later"
+
+
+LOCATION_NAMES = frozenset(where.value for where in Where)
+
+
+class SkipBody(Exception):  # noqa: N818 - a signal, not an error users see
+    """Raised by a location's ``__enter__`` so that the body does not run here."""
+
+    def __init__(self, location: Location) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+class Location:
+    """Where the body of ``with afar.run, <location>:`` runs.
+
+    Use the ready-made ``remotely``, ``locally`` and ``later``; call ``remotely`` to choose a
+    client or pass options to ``client.submit`` (``resources``, ``workers``, ``retries``,
+    ``priority``, ``allow_other_workers``, ``fifo_timeout``...).
+
+    Examples
+    --------
+    >>> on_gpus = afar.remotely(resources={"GPU": 1}, retries=2)  # doctest: +SKIP
+    >>> with afar.run, on_gpus:  # doctest: +SKIP
+    ...     model = train(data)
+    """
+
+    def __init__(
+        self,
+        where: Where,
+        client: Any = None,
+        quiet: bool = False,
+        submit_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.where = where
+        self.client = client
+        self.quiet = quiet
+        self.submit_options = dict(submit_options or {})
+
+    def __call__(self, client: Any = None, *, quiet: bool = False, **submit_options: Any) -> Location:
+        """A location like this one with a client and options for ``client.submit``.
+
+        Parameters
+        ----------
+        client : distributed.Client, optional
+            The client to submit with; by default the run's client, then Dask's default client.
+        quiet : bool
+            Do not capture the block's output (it still reaches the workers' own streams), and
+            so send nothing of it through the scheduler.
+        **submit_options
+            Passed to ``client.submit`` for the block's task.
+        """
+        owned = OWNED_SUBMIT_OPTIONS.intersection(submit_options)
+        if owned:
+            raise LocationError(
+                f"{self.where.value}() does not take {', '.join(sorted(owned))}: afar chooses the "
+                "key of the block's task itself and always submits it as impure. Pass options "
+                "of client.submit such as resources=, workers=, retries= or priority="
+            )
+        if self.where is not Where.REMOTELY and (submit_options or client is not None):
+            raise LocationError(
+                f"{self.where.value} takes no client or submit options: only remotely(...) "
+                "submits to Dask"
+            )
+        options = {**self.submit_options, **submit_options}
+        return type(self)(self.where, client if client is not None else self.client, quiet, options)
+
+    def __enter__(self) -> None:
+        raise SkipBody(self)
+
+    async def __aenter__(self) -> None:
+        raise SkipBody(self)
+
+    def __exit__(self, *exc_info: object) -> None:  # never reached: __enter__ always raises
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        details = [f"client={self.client!r}"] if self.client is not None else []
+        details += [f"{k}={v!r}" for k, v in self.submit_options.items()]
+        details += ["quiet=True"] if self.quiet else []
+        return f"{self.where.value}({', '.join(details)})" if details else self.where.value
+
+
+remotely = Location(Where.REMOTELY)
+locally = Location(Where.LOCALLY)
+later = Location(Where.LATER)
+DEFAULT_LOCATIONS = {location.where.value: location for location in (remotely, locally, later)}

@@ -1,0 +1,270 @@
+"""What a block's body does with names: reads from outside, assigns, saves, displays."""
+
+from __future__ import annotations
+
+import ast
+import symtable
+from dataclasses import dataclass
+
+from afar._capture import Site
+from afar.errors import BlockSyntaxError
+
+# The name of the function a body is wrapped in for analysis and on the worker (text form).
+WRAPPER_NAME = "_afar_block_"
+_NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The names of one block, computed once per code location."""
+
+    reads: tuple[str, ...]  # read from outside and never assigned by the block
+    seeds: tuple[str, ...]  # assigned by the block but possibly read before: seeded from outside
+    assigned: frozenset[str]  # every name the block's own scope can bind
+    last_bound: str | None  # the name saved when none is given
+    final_expression: bool  # the last statement is an expression without a trailing ";"
+
+
+def wrapped_text(site: Site) -> str:
+    """The body as the body of ``def``, every line at its original number."""
+    start = site.body_first_line
+    head = "\n" * (start - 2) + f"def {WRAPPER_NAME}():\n"
+    return head + "".join(site.lines[start - 1 : site.body_last_line])
+
+
+def analyse(site: Site, text: str) -> Analysis:
+    check_top_level(site)
+    table = _function_table(site, text)
+    assigned: set[str] = set()
+    reads: set[str] = set()
+    for symbol in table.get_symbols():
+        name = symbol.get_name()
+        if symbol.is_declared_global():
+            raise BlockSyntaxError(
+                f"`global {name}` at the top level of an afar block has no meaning: the block "
+                "runs elsewhere and cannot assign the caller's globals. Save the name instead "
+                f"(afar.run({name!r})) and it is bound where the with statement stands",
+                site.filename,
+                _line_of_declaration(site, name, ast.Global),
+            )
+        if symbol.is_nonlocal():
+            raise BlockSyntaxError(
+                f"`nonlocal {name}` at the top level of an afar block cannot reach the caller's "
+                f"variables. Save the name instead (afar.run({name!r}))",
+                site.filename,
+                _line_of_declaration(site, name, ast.Nonlocal),
+            )
+        if symbol.is_local():
+            assigned.add(name)
+        elif symbol.is_referenced():
+            reads.add(name)
+    for child in _descendants(table):
+        for symbol in child.get_symbols():
+            name = symbol.get_name()
+            if symbol.is_global() and name not in assigned and not name.startswith("."):
+                reads.add(name)
+    reads.discard("__class__")
+    seeds = read_before_assigned(site.body, assigned)
+    return Analysis(
+        reads=tuple(sorted(reads)),
+        seeds=tuple(sorted(seeds)),
+        assigned=frozenset(assigned),
+        last_bound=last_bound_name(site.body),
+        final_expression=has_final_expression(site),
+    )
+
+
+def _function_table(site: Site, text: str) -> symtable.SymbolTable:
+    try:
+        module = symtable.symtable(text, site.filename, "exec")
+    except SyntaxError as error:
+        message = error.msg
+        if "import *" in message:
+            message = (
+                "`from ... import *` cannot be used in an afar block: the block runs as a "
+                "function on the worker. Import the names you need (from m import a, b) or the "
+                "module (import m)"
+            )
+        raise BlockSyntaxError(message, site.filename, error.lineno) from None
+    (table,) = (t for t in module.get_children() if t.get_name() == WRAPPER_NAME)
+    return table
+
+
+def _descendants(table: symtable.SymbolTable) -> list[symtable.SymbolTable]:
+    found = []
+    stack = list(table.get_children())
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(child.get_children())
+    return found
+
+
+def _line_of_declaration(site: Site, name: str, kind: type[ast.stmt]) -> int:
+    for node in _top_level_nodes(site.body):
+        if isinstance(node, kind) and name in node.names:  # type: ignore[attr-defined]
+            return node.lineno
+    return site.node.lineno
+
+
+def _top_level_nodes(body: list[ast.stmt]):
+    """Every node of the body that runs in the block's own scope (not in nested functions)."""
+    stack: list[ast.AST] = list(reversed(body))
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            children: list[ast.AST] = [*node.decorator_list, *node.args.defaults]
+            children += [d for d in node.args.kw_defaults if d is not None]
+        elif isinstance(node, ast.Lambda):
+            children = [*node.args.defaults, *(d for d in node.args.kw_defaults if d)]
+        elif isinstance(node, ast.ClassDef):
+            children = [*node.decorator_list, *node.bases, *node.keywords]
+        else:
+            children = list(ast.iter_child_nodes(node))
+        stack.extend(reversed(children))
+
+
+def check_top_level(site: Site) -> None:
+    """Refuse what a block cannot do at its top level: leave the caller, await, break out."""
+    for node in _top_level_nodes(site.body):
+        problem = None
+        if isinstance(node, ast.Return):
+            problem = "`return` cannot leave the caller from inside an afar block"
+        elif isinstance(node, (ast.Yield, ast.YieldFrom)):
+            problem = "`yield` cannot suspend the caller from inside an afar block"
+        elif isinstance(node, (ast.Await, ast.AsyncFor, ast.AsyncWith)):
+            problem = (
+                "`await` (and `async for`/`async with`) cannot run at the top level of an afar "
+                "block: the block runs as a plain function on a worker. Define an async "
+                "function in the block and run it with asyncio.run(...)"
+            )
+        if problem:
+            raise BlockSyntaxError(
+                f"{problem}. Assign the result to a name instead; afar binds it where the "
+                "with statement stands",
+                site.filename,
+                node.lineno,  # type: ignore[attr-defined]
+            )
+    _check_loop_control(site, site.body, in_loop=False)
+
+
+def _check_loop_control(site: Site, body: list[ast.stmt], in_loop: bool) -> None:
+    for statement in body:
+        if isinstance(statement, (ast.Break, ast.Continue)) and not in_loop:
+            word = "break" if isinstance(statement, ast.Break) else "continue"
+            raise BlockSyntaxError(
+                f"`{word}` at the top level of an afar block cannot reach a loop outside the "
+                "block: the block runs elsewhere. Save a flag and test it after the block",
+                site.filename,
+                statement.lineno,
+            )
+        if isinstance(statement, (*_NESTED_SCOPES,)):
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            inner = getattr(statement, field, None) or []
+            loop_body = isinstance(statement, (ast.For, ast.While)) and field == "body"
+            for item in inner:
+                if isinstance(item, (ast.ExceptHandler, ast.match_case)):
+                    _check_loop_control(site, item.body, in_loop)
+            statements = [s for s in inner if isinstance(s, ast.stmt)]
+            _check_loop_control(site, statements, in_loop or loop_body)
+
+
+def read_before_assigned(body: list[ast.stmt], assigned: set[str]) -> set[str]:
+    """Names of the block that may be read before the block assigns them (``x = x + 1``).
+
+    Conservative: straight-line statements at the top level count as definite assignments;
+    anything inside a compound statement is read with what was definitely assigned before it.
+    A name read only inside a nested function is read when that function is called, later.
+    """
+    definite: set[str] = set()
+    early: set[str] = set()
+    for statement in body:
+        for name in _names_read(statement):
+            if name in assigned and name not in definite:
+                early.add(name)
+        if isinstance(statement, ast.Delete):
+            definite -= {t.id for t in statement.targets if isinstance(t, ast.Name)}
+        elif isinstance(statement, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and (
+            not isinstance(statement, ast.AnnAssign) or statement.value is not None
+        ):
+            targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+            for target in targets:
+                definite |= _stored_names(target)
+        elif isinstance(statement, (ast.Import, ast.ImportFrom)):
+            definite |= {_imported_name(alias) for alias in statement.names}
+        elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            definite.add(statement.name)
+    return early
+
+
+def _names_read(statement: ast.stmt) -> set[str]:
+    names = set()
+    for node in _top_level_nodes([statement]):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)  # x += 1 reads x first
+    return names
+
+
+def _stored_names(target: ast.AST) -> set[str]:
+    return {
+        n.id for n in ast.walk(target) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+    }
+
+
+def _imported_name(alias: ast.alias) -> str:
+    return alias.asname or alias.name.partition(".")[0]
+
+
+def last_bound_name(body: list[ast.stmt]) -> str | None:
+    """The last name that the block's own statements bind, in source order."""
+    bound: list[tuple[int, int, str]] = []
+
+    def add(node: ast.AST, name: str) -> None:
+        bound.append((node.lineno, node.col_offset, name))  # type: ignore[attr-defined]
+
+    for node in _binding_nodes(body):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            add(node, node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                add(alias if hasattr(alias, "lineno") else node, _imported_name(alias))
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            add(node, node.name)
+        elif isinstance(node, ast.MatchAs | ast.MatchStar) and node.name:
+            add(node, node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            add(node, node.rest)
+    if not bound:
+        return None
+    return max(bound)[2]
+
+
+def _binding_nodes(body: list[ast.stmt]):
+    """Nodes of the block's own scope outside comprehensions (``except ... as`` names are str)."""
+    inside = _inside_comprehension(body)
+    for node in _top_level_nodes(body):
+        if id(node) not in inside:
+            yield node
+
+
+def _inside_comprehension(body: list[ast.stmt]) -> set[int]:
+    inside: set[int] = set()
+    for node in _top_level_nodes(body):
+        if isinstance(node, _COMPREHENSIONS):
+            inside.update(id(n) for n in ast.walk(node))
+    return inside
+
+
+def has_final_expression(site: Site) -> bool:
+    """The body ends with an expression statement whose value IPython would display."""
+    last = site.body[-1]
+    if not isinstance(last, ast.Expr) or last.end_lineno is None:
+        return False
+    line = site.lines[last.end_lineno - 1].encode()
+    rest = line[last.end_col_offset :].decode(errors="replace").strip()
+    return not rest.startswith(";")

@@ -1,0 +1,129 @@
+"""Ship a block to Dask: split Futures from values, scatter ``data``, submit, one Future per name."""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import cloudpickle
+from distributed import Future
+
+from afar._compile import Block
+from afar._shipping import pick, run_block
+from afar.errors import ClientError, NotPicklableError
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+EMPTY_PAYLOAD = b""
+
+
+def resolve_client(*candidates: Any) -> Any:
+    """The first client given, else Dask's default client; refuse a closed one."""
+    client = next((c for c in candidates if c is not None), None)
+    if client is None:
+        from distributed import default_client
+
+        try:
+            client = default_client()
+        except ValueError:
+            raise ClientError(
+                "afar found no Dask client to run the block: create one first "
+                "(from dask.distributed import Client; client = Client()) or pass it with "
+                "afar.run(client=client) or remotely(client=client)"
+            ) from None
+    if getattr(client, "status", None) in ("closing", "closed"):
+        raise ClientError(
+            f"the Dask client {client!r} is closed: create a new one with Client(...) before "
+            "running the block"
+        )
+    return client
+
+
+def contains_future(value: Any) -> bool:
+    """Whether Dask must resolve ``value`` on the worker (a Future, or one in a container)."""
+    if isinstance(value, Future):
+        return True
+    if type(value) in _CONTAINERS:
+        items = value.items() if isinstance(value, dict) else value
+        if isinstance(value, dict):
+            return any(contains_future(k) or contains_future(v) for k, v in items)
+        return any(contains_future(item) for item in items)
+    return False
+
+
+def split_inputs(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(plain values, values holding Futures)."""
+    plain: dict[str, Any] = {}
+    futures: dict[str, Any] = {}
+    for name, value in values.items():
+        (futures if contains_future(value) else plain)[name] = value
+    return plain, futures
+
+
+def pickle_inputs(plain: Mapping[str, Any], label: str) -> bytes:
+    """Pickle the variables once; if that fails, find which one cannot be pickled and say so."""
+    if not plain:
+        return EMPTY_PAYLOAD
+    try:
+        return cloudpickle.dumps(dict(plain), protocol=5)
+    except Exception as error:
+        for name, value in plain.items():
+            try:
+                cloudpickle.dumps(value, protocol=5)
+            except Exception as culprit:
+                raise NotPicklableError(
+                    f"the block at {label} reads {name!r}, a {type(value).__qualname__} that "
+                    f"cannot be pickled to send it to a worker ({culprit}). Create it inside "
+                    "the block, or pass what it is made from (a path instead of an open file, "
+                    "nothing instead of a lock)"
+                ) from culprit
+        raise NotPicklableError(
+            f"the variables read by the block at {label} cannot be pickled together: {error}"
+        ) from error
+
+
+def scatter_data(client: Any, data: MutableMapping[str, Any], names: list[str]) -> None:
+    """Send each plain value of ``data`` the block reads to the cluster once; keep its Future."""
+    for name in names:
+        value = data[name]
+        if not contains_future(value):
+            data[name] = client.scatter(value, hash=False)
+
+
+def new_key(block: Block) -> str:
+    return f"{block.key_prefix}-{uuid.uuid4().hex}"
+
+
+def submit_block(
+    client: Any,
+    block: Block,
+    packed: bytes,
+    payload: bytes,
+    futures: dict[str, Any],
+    topic: str | None,
+    strict: bool,
+    options: Mapping[str, Any],
+) -> Future:
+    """The body task (one per block). No round trip: the client batches what it sends."""
+    try:
+        return client.submit(
+            run_block, packed, payload, futures, topic, strict,
+            key=new_key(block), pure=False, **options,
+        )  # fmt: skip
+    except TypeError as error:
+        raise TypeError(
+            f"client.submit refused the options of the block at {block.label} "
+            f"({', '.join(sorted(options)) or 'none'}): {error}"
+        ) from error
+
+
+def submit_getters(client: Any, block: Block, body: Future, names: tuple[str, ...]):
+    """One small task per saved name, each holding that name's value next to the body's result."""
+    key = body.key
+    return {
+        name: client.submit(
+            pick, body, pickle.dumps((name, block.label)), key=f"{key}-{name}", pure=False
+        )
+        for name in names
+    }

@@ -1,0 +1,509 @@
+"""``afar.run`` and ``afar.get``: the with-statement protocol, from capture to binding."""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextvars
+import keyword
+import sys
+import threading
+import types
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed import Future
+
+from afar import _remote
+from afar._bind import bind
+from afar._compile import Block, block_for
+from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
+from afar._worker import run_here
+from afar.errors import ClientError, LocationError
+
+# How long afar.get waits at a time, so that Ctrl-C is handled promptly (issue: cancellation).
+WAIT_SLICE_SECONDS = 0.1
+_UNRESOLVED = object()
+_RIGHT_SPELLING = "with afar.run, remotely:\n        ..."
+
+
+@dataclass(frozen=True)
+class Captured:
+    """What ``later`` captured: the block as afar sees it, for inspection."""
+
+    source: str
+    names_read: tuple[str, ...]
+    names_assigned: frozenset[str]
+    names_saved: tuple[str, ...]
+    label: str
+
+
+@dataclass
+class _Entry:
+    """A block between ``__enter__`` and ``__exit__``: state of one block, not of the Run."""
+
+    run: Run
+    frame: types.FrameType
+    block: Block
+    saved: tuple[str, ...]
+    results: MutableMapping[str, Any]
+
+
+# One stack per thread and per asyncio task: blocks sharing one Run never see each other's state.
+_entries: contextvars.ContextVar[tuple[_Entry, ...]] = contextvars.ContextVar(
+    "afar_entries", default=()
+)
+
+
+@dataclass
+class _Pending:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    futures: set[Future] = field(default_factory=set)
+
+
+class Run:
+    """Run the body of a ``with`` block elsewhere; bind the names it saves as Dask Futures.
+
+    Parameters
+    ----------
+    *names : str
+        Names to save; by default the last name the block binds.
+    client : distributed.Client, optional
+        The client to submit with (default: the location's, then Dask's default client).
+    data : MutableMapping, optional
+        Looked up first for the names the block reads. Values read from it are scattered to
+        the cluster once and replaced by their Futures; saved results are added to it.
+
+    Examples
+    --------
+    >>> with afar.run, remotely:  # doctest: +SKIP
+    ...     total = sum(range(10))
+    >>> total.result()  # doctest: +SKIP
+    45
+    """
+
+    _returns_futures = True
+
+    def __init__(
+        self,
+        *names: str,
+        client: Any = None,
+        data: MutableMapping[str, Any] | None = None,
+    ) -> None:
+        _check_names(type(self).__name__.lower(), names)
+        if data is not None and not isinstance(data, MutableMapping):
+            raise TypeError(
+                f"data= must be a mutable mapping such as a dict, not {type(data).__name__}: "
+                "afar looks names up in it and adds the results to it"
+            )
+        self.names = names
+        self.client = client
+        self.data = data
+        self.captured: Captured | None = None
+        self._pending = _Pending()
+
+    def __call__(
+        self, *names: str, client: Any = None, data: MutableMapping[str, Any] | None = None
+    ) -> Run:
+        return type(self)(*names, client=client, data=data)
+
+    def __repr__(self) -> str:
+        args = [repr(n) for n in self.names]
+        args += [f"client={self.client!r}"] if self.client is not None else []
+        args += ["data=..."] if self.data is not None else []
+        return f"afar.{type(self).__name__.lower()}({', '.join(args)})"
+
+    # -- the with protocol ------------------------------------------------------------------
+    def __enter__(self) -> MutableMapping[str, Any]:
+        return self._enter(sys._getframe(1), asynchronous=False)
+
+    async def __aenter__(self) -> MutableMapping[str, Any]:
+        return self._enter(sys._getframe(1), asynchronous=True)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        __tracebackhide__ = True
+        entry = self._pop()
+        location = self._location(entry, exc, tb)
+        if location is None:
+            return False
+        self._execute(entry, location, asynchronous=False)
+        return True
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        __tracebackhide__ = True
+        entry = self._pop()
+        location = self._location(entry, exc, tb)
+        if location is None:
+            return False
+        waiting = self._execute(entry, location, asynchronous=True)
+        if waiting is not None:
+            await waiting
+        return True
+
+    def cancel(self) -> None:
+        """Cancel the blocks submitted through this Run that have not finished."""
+        with self._pending.lock:
+            futures = list(self._pending.futures)
+        for future in futures:
+            future.cancel()
+
+    # -- enter ------------------------------------------------------------------------------
+    def _enter(self, frame: types.FrameType, asynchronous: bool) -> MutableMapping[str, Any]:
+        block = block_for(frame)
+        check_header(frame, block, self)
+        saved = self._saved(block)
+        results: MutableMapping[str, Any] = self.data if self.data is not None else {}
+        entry = _Entry(self, frame, block, saved, results)
+        _entries.set((*_entries.get(), entry))
+        return results
+
+    def _saved(self, block: Block) -> tuple[str, ...]:
+        analysis = block.analysis
+        if not self.names:
+            return (analysis.last_bound,) if analysis.last_bound else ()
+        never = [n for n in self.names if n not in analysis.assigned]
+        if never:
+            raise LocationError(
+                f"{block.site.filename}, line {block.site.node.lineno}: the block never assigns "
+                f"{', '.join(map(repr, never))}, so afar cannot save "
+                f"{'it' if len(never) == 1 else 'them'}. Names it assigns: "
+                f"{', '.join(sorted(analysis.assigned)) or 'none'}"
+            )
+        return tuple(dict.fromkeys(self.names))
+
+    # -- exit -------------------------------------------------------------------------------
+    def _pop(self) -> _Entry:
+        entries = _entries.get()
+        for index in range(len(entries) - 1, -1, -1):
+            if entries[index].run is self:
+                _entries.set(entries[:index] + entries[index + 1 :])
+                return entries[index]
+        raise RuntimeError("afar: __exit__ without a matching __enter__ in this context")
+
+    def _location(self, entry: _Entry, exc: BaseException | None, tb: Any) -> Location | None:
+        if isinstance(exc, SkipBody):
+            return exc.location
+        if (
+            isinstance(exc, NameError)
+            and getattr(exc, "name", None) in LOCATION_NAMES
+            and tb is not None
+            and tb.tb_frame is entry.frame
+            and tb.tb_next is None
+        ):
+            # `remotely` written bare, never imported: afar recognises the name.
+            return DEFAULT_LOCATIONS[exc.name]  # type: ignore[attr-defined]
+        if exc is None:
+            raise LocationError(
+                f"{entry.block.site.where()}: the body of the block ran here because the with "
+                f"statement names no location. Write\n    {_RIGHT_SPELLING}"
+            )
+        return None
+
+    def _execute(self, entry: _Entry, location: Location, asynchronous: bool) -> Any:
+        where = location.where
+        if where is Where.LATER:
+            self.captured = _captured(entry)
+            return None
+        values = read_variables(entry, self.data)
+        display = entry.block.analysis.final_expression and _interactive()
+        if where is Where.LOCALLY:
+            self._run_locally(entry, values, display)
+            return None
+        client = _remote.resolve_client(location.client, self.client)
+        if client.asynchronous and not asynchronous:
+            raise ClientError(
+                f"{entry.block.site.where()}: the client is asynchronous, so the block must be "
+                "awaited: write `async with afar.run, remotely:` inside a coroutine"
+            )
+        return self._submit(entry, location, client, values, display, asynchronous)
+
+    def _run_locally(self, entry: _Entry, values: dict[str, Any], display: bool) -> None:
+        plain, futures = _remote.split_inputs(values)
+        if futures:
+            plain.update(_gather_locally(futures))
+        saved, single = entry.saved, len(entry.saved) == 1
+        packed = entry.block.packed(_seeds(entry, plain), saved, single, display)
+        results = run_here(packed, plain, _show if display else None)
+        _bind_results(entry, results)
+
+    def _submit(
+        self,
+        entry: _Entry,
+        location: Location,
+        client: Any,
+        values: dict[str, Any],
+        display: bool,
+        asynchronous: bool,
+    ) -> Any:
+        block = entry.block
+        if self.data is not None:
+            from_data = [n for n in block.analysis.reads + block.analysis.seeds if n in self.data]
+            _remote.scatter_data(client, self.data, from_data)
+            values.update({n: self.data[n] for n in from_data})
+        plain, futures = _remote.split_inputs(values)
+        payload = _remote.pickle_inputs(plain, block.label)
+        strict = not self._returns_futures
+        single = self._returns_futures and len(entry.saved) == 1
+        packed = block.packed(_seeds(entry, values), entry.saved, single, display)
+        topic = None  # output capture is wired in by the output stream module
+        body = _remote.submit_block(
+            client, block, packed, payload, futures, topic, strict, location.submit_options
+        )
+        if not self._returns_futures:
+            if asynchronous:
+                return self._gather_async(entry, body)
+            _bind_results(entry, _wait_values(body, entry))
+            return None
+        if single:
+            named = {entry.saved[0]: body}
+        else:
+            named = _remote.submit_getters(client, block, body, entry.saved)
+        self._track(body, *named.values())
+        _bind_results(entry, named)
+        return None
+
+    async def _gather_async(self, entry: _Entry, body: Future) -> None:
+        try:
+            values = await body
+        except BaseException:
+            body.cancel()
+            raise
+        _bind_results(entry, values)
+
+    def _track(self, *futures: Future) -> None:
+        pending = self._pending
+        with pending.lock:
+            pending.futures.update(futures)
+
+        def done(future: Future) -> None:
+            with pending.lock:
+                pending.futures.discard(future)
+
+        for future in futures:
+            future.add_done_callback(done)
+
+
+class Get(Run):
+    """Like ``afar.run``, but bind plain values: wait for the block and fetch what it saved.
+
+    Parameters
+    ----------
+    *names, client, data
+        As for ``afar.run``.
+    timeout : float, optional
+        Seconds to wait for the block before raising ``TimeoutError`` (and cancelling it).
+    """
+
+    _returns_futures = False
+
+    def __init__(
+        self,
+        *names: str,
+        client: Any = None,
+        data: MutableMapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(*names, client=client, data=data)
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise TypeError(f"timeout= must be a positive number of seconds, not {timeout!r}")
+        self.timeout = timeout
+
+    def __call__(  # type: ignore[override]
+        self,
+        *names: str,
+        client: Any = None,
+        data: MutableMapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Get:
+        return type(self)(*names, client=client, data=data, timeout=timeout)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+def _check_names(what: str, names: tuple[object, ...]) -> None:
+    for name in names:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise TypeError(
+                f"afar.{what}() takes the names of variables to save, as strings, such as "
+                f"afar.{what}('x', 'y'); {name!r} is not one"
+            )
+
+
+def check_header(frame: types.FrameType, block: Block, run: Run) -> None:
+    """The header must read ``with <run>, <location>:``; resolve it without calling anything."""
+    site = block.site
+    items = site.node.items
+    first = resolve(frame, items[0].context_expr)
+    if not isinstance(first, Run) and not _is_run_call(first):
+        raise LocationError(
+            f"{site.where()}: afar.run (or afar.get) must be the first item of the with "
+            f"statement, followed by where to run. Write\n    {_RIGHT_SPELLING}"
+        )
+    if len(items) < 2:
+        raise LocationError(
+            f"{site.where()}: the with statement names no location, so the body would run "
+            f"here. Write\n    {_RIGHT_SPELLING}\n(or locally / later)"
+        )
+    expression = items[1].context_expr
+    second = resolve(frame, expression)
+    if second is _UNRESOLVED:
+        name = _bare_location_name(expression)
+        if name is None or isinstance(expression, ast.Call):
+            shown = ast.unparse(expression)
+            hint = (
+                f" Import it first: from afar import {name}"
+                if name is not None
+                else " Name a location: remotely, locally, later, or a variable bound to one"
+            )
+            raise LocationError(
+                f"{site.where()}: afar cannot tell where to run `{shown}` without running it."
+                f"{hint}"
+            )
+    elif not isinstance(second, Location):
+        raise LocationError(
+            f"{site.where()}: the second item of the with statement, "
+            f"`{ast.unparse(expression)}`, is not an afar location but a "
+            f"{type(second).__name__}. Write\n    {_RIGHT_SPELLING}\n(or locally / later, or "
+            "a variable bound to remotely(...))"
+        )
+    if len(items) > 2:
+        raise LocationError(
+            f"{site.where()}: `{ast.unparse(items[2].context_expr)}` stands after the location "
+            "and would never be entered. Open it inside the block instead:\n"
+            "    with afar.run, remotely:\n        with ...:"
+        )
+
+
+def _is_run_call(value: Any) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], Run)
+
+
+def _bare_location_name(expression: ast.expr) -> str | None:
+    target = expression.func if isinstance(expression, ast.Call) else expression
+    if isinstance(target, ast.Name) and target.id in LOCATION_NAMES:
+        return target.id
+    return None
+
+
+def resolve(frame: types.FrameType, expression: ast.expr) -> Any:
+    """The value of a name, attribute or call target in the header, without calling anything."""
+    if isinstance(expression, ast.Call):
+        func = resolve(frame, expression.func)
+        if isinstance(func, Run):
+            return ("call", func)
+        return func if isinstance(func, Location) else _UNRESOLVED
+    if isinstance(expression, ast.Name):
+        for namespace in (frame.f_locals, frame.f_globals, builtins.__dict__):
+            if expression.id in namespace:
+                return namespace[expression.id]
+        return _UNRESOLVED
+    if isinstance(expression, ast.Attribute):
+        base = resolve(frame, expression.value)
+        if base is _UNRESOLVED or not isinstance(base, types.ModuleType | Location | Run):
+            return _UNRESOLVED
+        return getattr(base, expression.attr, _UNRESOLVED)
+    return _UNRESOLVED
+
+
+def read_variables(entry: _Entry, data: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The outer values of the names the block reads: ``data``, then the caller's variables."""
+    analysis = entry.block.analysis
+    frame = entry.frame
+    local_names = frame.f_locals
+    global_names = frame.f_globals
+    values: dict[str, Any] = {}
+    for name in (*analysis.reads, *analysis.seeds):
+        if data is not None and name in data:
+            continue  # taken from data by the caller (scattered first)
+        if name in local_names:
+            values[name] = local_names[name]
+        elif name in global_names:
+            values[name] = global_names[name]
+    if data is not None:
+        values.update({n: data[n] for n in (*analysis.reads, *analysis.seeds) if n in data})
+    return values
+
+
+def _seeds(entry: _Entry, values: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(n for n in entry.block.analysis.seeds if n in values)
+
+
+def _bind_results(entry: _Entry, results: Mapping[str, Any]) -> None:
+    entry.results.update(results)
+    bind(entry.frame, results)
+
+
+def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
+    """Wait for an afar.get block in short slices (Ctrl-C cancels it), then fetch its values."""
+    from distributed import wait
+
+    timeout = entry.run.timeout if isinstance(entry.run, Get) else None
+    waited = 0.0
+    try:
+        while True:
+            try:
+                wait(body, timeout=WAIT_SLICE_SECONDS)
+                break
+            except TimeoutError:
+                waited += WAIT_SLICE_SECONDS
+                if timeout is not None and waited >= timeout:
+                    body.cancel()
+                    raise TimeoutError(
+                        f"the block at {entry.block.label} did not finish within {timeout} s; "
+                        "it was cancelled"
+                    ) from None
+    except KeyboardInterrupt:
+        body.cancel()
+        raise
+    if body.status == "error":
+        error = body.exception()
+        raise error.with_traceback(body.traceback())
+    return body.result()
+
+
+def _gather_locally(futures: Mapping[str, Any]) -> dict[str, Any]:
+    clients = {f.client for f in _futures_in(futures.values())}
+    client = next(iter(clients))
+    return dict(zip(futures, client.gather(list(futures.values()))))
+
+
+def _futures_in(values: Any) -> list[Future]:
+    found: list[Future] = []
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Future):
+            found.append(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            stack.extend(value)
+    return found
+
+
+def _captured(entry: _Entry) -> Captured:
+    block = entry.block
+    return Captured(
+        source=block.source,
+        names_read=block.analysis.reads,
+        names_assigned=block.analysis.assigned,
+        names_saved=entry.saved,
+        label=block.label,
+    )
+
+
+def _interactive() -> bool:
+    """Whether a final expression's value is shown, as IPython or the interactive prompt would."""
+    ipython = sys.modules.get("IPython")
+    if ipython is not None and ipython.get_ipython() is not None:
+        return True
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive)
+
+
+def _show(value: Any) -> None:
+    display_hook = sys.displayhook
+    display_hook(value)
+
+
+run = Run()
+get = Get()

@@ -1,0 +1,329 @@
+"""What runs on the worker: rebuild a block's function from source, run it, return its names.
+
+This module travels to the workers pickled by value (see ``_shipping.py``), so workers need no
+afar. It may import only the standard library and ``distributed``, and nothing from afar except
+modules that are shipped by value too, through ``from ... import name``. Its module globals are
+a fresh copy on every task; state that must live as long as the worker process (the cache of
+compiled blocks) lives in a dictionary attached to the ``sys`` module.
+
+A block travels as a ``BlockCode`` tuple of plain strings and numbers, never as a code object:
+code objects differ between Python minor versions, source compiles anywhere.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import builtins
+import linecache
+import pickle
+import sys
+import types
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from afar._output import capture_output
+
+# Names no identifier can spell, so they never collide with the user's (pytest does the same).
+LOCALS_NAME = "@afar_locals"
+DISPLAY_NAME = "@afar_display"
+# Process-wide cache of compiled blocks, shared by every version of this module in the process.
+CACHE_ATTRIBUTE = "_afar_compiled_blocks_v1"
+CACHE_LIMIT = 256
+
+
+class BlockCode(NamedTuple):
+    """Everything the worker needs to rebuild a block's function: plain data only."""
+
+    filename: str
+    # Source whose lines stand at their original line numbers: either ``def ...:`` followed by
+    # the block's body (``wrapped``), or a module-level body (a notebook cell).
+    text: str
+    wrapped: bool
+    # Original source lines of the with statement (header and body) and the number of the first
+    # one, registered in ``linecache`` on the worker so that tracebacks show them.
+    shown_lines: tuple[str, ...]
+    first_shown_line: int
+    seeds: tuple[str, ...]  # names read before assignment: parameters of the function
+    saved: tuple[str, ...]  # names returned
+    single: bool  # return the one saved name's value instead of a dict
+    display: bool  # the last statement is an expression whose value is displayed
+    label: str  # "file.py:12", for messages
+    future_flags: int
+
+
+def compiled_blocks() -> dict[bytes, tuple[BlockCode, types.CodeType]]:
+    cache = getattr(sys, CACHE_ATTRIBUTE, None)
+    if cache is None:
+        cache = sys.__dict__.setdefault(CACHE_ATTRIBUTE, {})
+    return cache
+
+
+def block_and_code(packed: bytes) -> tuple[BlockCode, types.CodeType]:
+    """The block (pickled plain tuple) and its function's code, compiled once per process."""
+    cache = compiled_blocks()
+    found = cache.get(packed)
+    if found is None:
+        block = BlockCode(*pickle.loads(packed))
+        found = (block, compile_block(block))
+        register_source(block)
+        if len(cache) >= CACHE_LIMIT:
+            cache.pop(next(iter(cache)), None)
+        cache[packed] = found
+    return found
+
+
+def compile_block(block: BlockCode) -> types.CodeType:
+    """Turn the body into ``def <block>(*, seeds): body; return locals()``, keeping its lines."""
+    tree = ast.parse(block.text, block.filename, "exec", type_comments=False)
+    if block.wrapped:
+        function = tree.body[0]
+        assert isinstance(function, ast.FunctionDef)
+    else:
+        template = ast.parse("def _(): pass").body[0]
+        assert isinstance(template, ast.FunctionDef)
+        function = template
+        function.body = tree.body
+        first = tree.body[0]
+        function.lineno = function.end_lineno = max(first.lineno - 1, 1)
+        tree.body = [function]
+    body = function.body
+    last = body[-1]
+    if block.display and isinstance(last, ast.Expr):
+        body[-1] = ast.copy_location(
+            ast.Assign(targets=[ast.Name(DISPLAY_NAME, ast.Store())], value=last.value), last
+        )
+    returned = ast.Return(value=ast.Call(ast.Name(LOCALS_NAME, ast.Load()), [], []))
+    body.append(ast.copy_location(returned, last))
+    function.name = f"<afar block {block.label}>"
+    function.args = ast.arguments(
+        posonlyargs=[],
+        args=[],
+        vararg=None,
+        kwonlyargs=[ast.arg(name) for name in block.seeds],
+        kw_defaults=[None for _ in block.seeds],
+        kwarg=None,
+        defaults=[],
+    )
+    ast.fix_missing_locations(tree)
+    module = compile(tree, block.filename, "exec", flags=block.future_flags, dont_inherit=True)
+    return next(c for c in module.co_consts if isinstance(c, types.CodeType))
+
+
+def register_source(block: BlockCode) -> None:
+    """Show the block's lines in tracebacks where its file does not exist (the worker)."""
+    filename = block.filename
+    entry = linecache.cache.get(filename)
+    lines = list(entry[2]) if entry else []
+    end = block.first_shown_line - 1 + len(block.shown_lines)
+    if len(lines) < end:
+        lines.extend("\n" for _ in range(end - len(lines)))
+    lines[block.first_shown_line - 1 : end] = block.shown_lines
+    # mtime None: linecache.checkcache keeps the entry (as IPython does for its cells).
+    linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+
+
+def new_function(
+    code: types.CodeType, namespace: dict[str, Any]
+) -> Callable[..., dict[str, Any]]:
+    """The block's function with ``namespace`` (the variables it reads) as its globals."""
+    namespace["__builtins__"] = builtins
+    namespace[LOCALS_NAME] = builtins.locals
+    namespace.setdefault("__name__", "__afar_block__")
+    return types.FunctionType(code, namespace)
+
+
+def saved_values(block: BlockCode, scope: dict[str, Any]) -> Any:
+    """One value (``block.single``) or a dict of the saved names the block assigned."""
+    if block.single:
+        (name,) = block.saved
+        if name not in scope:
+            raise missing_name(name, block.label)
+        return scope[name]
+    return {name: scope[name] for name in block.saved if name in scope}
+
+
+def missing_name(name: str, label: str) -> KeyError:
+    return KeyError(
+        f"{name!r} was not assigned by the block at {label}: the statement that assigns it "
+        "did not run"
+    )
+
+
+def pick(values: dict[str, Any], which: bytes) -> Any:
+    """Getter task: one saved name (``which`` pickles ``(name, label)``) of a block's dict."""
+    name, label = pickle.loads(which)
+    if name not in values:
+        raise missing_name(name, label)
+    return values[name]
+
+
+def load_inputs(payload: bytes, label: str) -> dict[str, Any]:
+    """Unpickle the variables the block reads; say which module the worker lacks."""
+    if not payload:
+        return {}
+    try:
+        return pickle.loads(payload)
+    except ModuleNotFoundError as error:
+        worker = _worker_address()
+        raise ModuleNotFoundError(
+            f"The block at {label} reads a variable that needs the module {error.name!r}, "
+            f"which {worker} cannot import: install it in the workers' environment "
+            "(for example with distributed.diagnostics.plugin.PipInstall).",
+            name=error.name,
+        ) from None
+
+
+def run_block(
+    packed: bytes, payload: bytes, futures: dict[str, Any], topic: str | None, strict: bool
+) -> Any:
+    """The body task: bind the inputs, run the block, stream its output, return its names.
+
+    ``packed`` is the pickled ``BlockCode``; ``payload`` the pickled plain variables the block
+    reads, ``futures`` those that held Dask Futures (resolved by Dask). Those named by
+    ``block.seeds`` are passed as parameters: the block may read them before assigning them.
+    ``topic`` is where output goes (None: not captured). With ``strict``, every saved name must
+    have been assigned (``afar.get``); otherwise missing ones are left out (getter tasks raise).
+    """
+    block, code = block_and_code(packed)
+    namespace = load_inputs(payload, block.label)
+    namespace.update(futures)
+    seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}
+    if topic is None:
+        return _run(block, code, namespace, seeds, None, strict)
+    from distributed import get_worker
+
+    key = str(get_worker().get_current_task())
+    with capture_output(topic, key, block.label) as emitter:
+        return _run(block, code, namespace, seeds, emitter, strict)
+
+
+def run_here(
+    packed: bytes, namespace: dict[str, Any], show: Callable[[Any], None] | None
+) -> dict[str, Any]:
+    """Run a block in this process (``locally``): the same function, no pickling of inputs."""
+    block, code = block_and_code(packed)
+    seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}
+    scope = _call(block, code, namespace, seeds)
+    shown = scope.pop(DISPLAY_NAME, None)
+    if show is not None and shown is not None:
+        show(shown)
+    values = saved_values(block, scope)
+    return {block.saved[0]: values} if block.single else values
+
+
+def _run(
+    block: BlockCode,
+    code: types.CodeType,
+    namespace: dict[str, Any],
+    seeds: dict[str, Any],
+    emitter: Any,
+    strict: bool,
+) -> Any:
+    scope = _call(block, code, namespace, seeds)
+    shown = scope.pop(DISPLAY_NAME, None)
+    if emitter is not None and shown is not None:
+        emitter.send("display", mimebundle(shown))
+    values = saved_values(block, scope)
+    if strict and not block.single:
+        for name in block.saved:
+            if name not in values:
+                raise missing_name(name, block.label)
+    return values
+
+
+def _call(
+    block: BlockCode, code: types.CodeType, namespace: dict[str, Any], seeds: dict[str, Any]
+) -> dict[str, Any]:
+    try:
+        return new_function(code, namespace)(**seeds)
+    except ModuleNotFoundError as error:
+        # An import in the block itself: keep the type, say where and what to do.
+        if error.name and _raised_by_block(error, block):
+            message = (
+                f"No module named {error.name!r} on {_worker_address()} (block at "
+                f"{block.label}): install it in the workers' environment, for example with "
+                "distributed.diagnostics.plugin.PipInstall"
+            )
+            raise ModuleNotFoundError(message, name=error.name).with_traceback(
+                _block_frames(error.__traceback__)
+            ) from None
+        raise error.with_traceback(_block_frames(error.__traceback__))
+    except BaseException as error:
+        # Drop this module's frames: the traceback starts at the user's lines.
+        raise error.with_traceback(_block_frames(error.__traceback__))
+
+
+def _block_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    first = tb
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return tb if tb is not None else first
+
+
+def _raised_by_block(error: BaseException, block: BlockCode) -> bool:
+    tb = error.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    return last is not None and last.tb_frame.f_code.co_filename == block.filename
+
+
+def _worker_address() -> str:
+    try:
+        from distributed import get_worker
+
+        return f"worker {get_worker().address}"
+    except (ImportError, ValueError):
+        return "this process"
+
+
+def mimebundle(value: Any) -> dict[str, str]:
+    """The value's rich representations, computed where the value lives (IPython's protocol)."""
+    bundle: dict[str, str] = {}
+    method = getattr(value, "_repr_mimebundle_", None)
+    if callable(method):
+        try:
+            produced = method()
+        except Exception:
+            produced = None
+        if isinstance(produced, tuple):
+            produced = produced[0]
+        if isinstance(produced, dict):
+            bundle.update({k: v for k, v in produced.items() if isinstance(v, str)})
+    for mime, name in REPR_METHODS:
+        if mime in bundle:
+            continue
+        method = getattr(value, name, None)
+        if not callable(method) or isinstance(value, type):
+            continue
+        try:
+            text = method()
+        except Exception:
+            continue
+        if isinstance(text, tuple):
+            text = text[0]
+        if isinstance(text, bytes) and mime.startswith("image/"):
+            text = base64.b64encode(text).decode("ascii")  # as IPython puts images in bundles
+        if isinstance(text, str):
+            bundle[mime] = text
+    bundle.setdefault("text/plain", _plain_repr(value))
+    return bundle
+
+
+def _plain_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception as error:
+        return f"<repr of {type(value).__name__} failed: {error!r}>"
+
+
+REPR_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("text/latex", "_repr_latex_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("application/json", "_repr_json_"),
+)

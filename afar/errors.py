@@ -1,0 +1,47 @@
+"""Public exceptions: everything afar itself refuses is an ``AfarError``."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AfarError",
+    "BlockSyntaxError",
+    "ClientError",
+    "LocationError",
+    "NotPicklableError",
+    "SourceError",
+]
+
+
+class AfarError(Exception):
+    """Base class of the errors afar raises itself (not those of the user's block)."""
+
+
+class LocationError(AfarError, TypeError):
+    """The ``with`` statement does not name where to run: ``remotely``, ``locally`` or ``later``."""
+
+
+class SourceError(AfarError, RuntimeError):
+    """The source of the block is not available, or it is not the code that is running."""
+
+
+class BlockSyntaxError(AfarError, SyntaxError):
+    """The body of the block cannot run as a block (``return`` at its top level, ...)."""
+
+    def __init__(self, message: str, filename: str | None = None, lineno: int | None = None):
+        # Keep SyntaxError's attributes so tools that display file and line still do.
+        where = f"{filename}, line {lineno}" if filename and lineno else filename
+        text = f"{message} ({where})" if where else message
+        super().__init__(text)
+        self.filename = filename
+        self.lineno = lineno
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NotPicklableError(AfarError, TypeError):
+    """A variable the block reads (or a result it saves) cannot be pickled."""
+
+
+class ClientError(AfarError, ValueError):
+    """No usable Dask client: none exists, it is closed, or it does not fit the ``with``."""
