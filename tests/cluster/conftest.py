@@ -1,0 +1,27 @@
+"""A real LocalCluster with worker processes, shared by the behaviour tests."""
+
+from __future__ import annotations
+
+import pytest
+from distributed import Client, LocalCluster
+
+# Two workers with two threads each: blocks can share a worker, and run in another process.
+N_WORKERS = 2
+THREADS_PER_WORKER = 2
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    with LocalCluster(
+        n_workers=N_WORKERS,
+        threads_per_worker=THREADS_PER_WORKER,
+        processes=True,
+        dashboard_address=":0",
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def client(cluster):
+    with Client(cluster, set_as_default=True) as client:
+        yield client
