@@ -15,8 +15,8 @@ from afar.errors import BlockSyntaxError, SourceError
 
 # co_flags bits of ``from __future__`` imports that change compilation (PEP 563 annotations...).
 FUTURE_FLAGS_MASK = 0x1000000 | 0x2000000 | 0x4000000 | 0x8000000
-# IPython runs ``%%time`` cells under this file name, without registering them in linecache.
-IPYTHON_TIME_FILENAMES = frozenset({"<timed exec>"})
+# IPython runs ``%%time`` cells under these file names, without registering them in linecache.
+IPYTHON_TIME_FILENAMES = frozenset({"<timed exec>", "<timed eval>"})
 # ``%%timeit`` wraps the cell in a function of its own: the running code cannot be compared with
 # the cell's source, which comes from IPython's input history instead.
 IPYTHON_TIMEIT_FILENAMES = frozenset({"<magic-timeit>"})
@@ -98,17 +98,24 @@ def source_text(frame: types.FrameType) -> str:
 
 
 def ipython_magic_cell() -> str | None:
-    """The body of the ``%%time``/``%%timeit`` cell running now, from IPython's input history."""
+    """The body of the ``%%time``/``%%timeit`` cell running now, from IPython's input history.
+
+    The history holds the cell as IPython transformed it:
+    ``get_ipython().run_cell_magic('time', '', '<body>')``; the body's line 1 is line 1 of the
+    code the magic compiles.
+    """
     ipython_module = sys.modules.get("IPython")
     shell = ipython_module.get_ipython() if ipython_module is not None else None
-    if shell is None:
-        return None
     history = getattr(shell, "history_manager", None)
-    raw = history.input_hist_raw[-1] if history is not None and history.input_hist_raw else ""
-    magic, _, cell = raw.partition("\n")
-    if not magic.lstrip().startswith("%%"):
+    if history is None or not history.input_hist_parsed:
         return None
-    return shell.transform_cell(cell)
+    try:
+        call = ast.parse(history.input_hist_parsed[-1]).body[-1]
+        assert isinstance(call, ast.Expr) and isinstance(call.value, ast.Call)
+        body = ast.literal_eval(call.value.args[2])
+    except (SyntaxError, AssertionError, IndexError, ValueError):
+        return None
+    return shell.transform_cell(body) if isinstance(body, str) else None
 
 
 def parsed(filename: str, text: str, flags: int) -> tuple[ast.Module, str]:

@@ -1,0 +1,173 @@
+"""The deployment fixtures themselves, proven with plain `client.submit` before afar uses them."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from concurrent.futures import CancelledError
+
+import psutil
+import pytest
+from distributed import Client, Event, KilledWorker, Security, get_worker
+
+from _processes import LOOPBACK, WORKER_START_TIMEOUT, WorkerSpec, wait_until
+
+# Seconds; bounds of what these tests wait for.
+TASK_TIMEOUT = 10.0
+# How long a task blocks at most when a test means to kill its worker first.
+BLOCKED_TASK_TIMEOUT = 30.0
+# A SIGKILLed process's sockets are closed by the kernel, so the scheduler hears of it at once.
+REMOVAL_TIMEOUT = 5.0
+# How long a client keeps trying to reach a scheduler that is gone, before closing itself.
+RECONNECT_TIMEOUT = 2.0
+# A worker whose scheduler is gone closes itself.
+WORKER_EXIT_TIMEOUT = 10.0
+# A client whose certificate is refused keeps retrying until its connect timeout.
+REFUSED_CONNECT_TIMEOUT = 3.0
+# Time on top of a timeout for the failure to reach the test, on a loaded machine.
+SLACK = 5.0
+
+STARTED_EVENT = "task-started"
+RELEASE_EVENT = "task-released"
+
+
+def _worker_name(*_: object) -> str:
+    return str(get_worker().name)
+
+
+def _afar_is_importable() -> bool:
+    return importlib.util.find_spec("afar") is not None
+
+
+def _import_afar() -> str:
+    import afar
+
+    return afar.__name__
+
+
+def _config_value(key: str) -> object:
+    import dask
+
+    return dask.config.get(key)
+
+
+def _block_until_released() -> None:
+    Event(STARTED_EVENT).set()
+    Event(RELEASE_EVENT).wait(timeout=BLOCKED_TASK_TIMEOUT)
+
+
+def test_submitted_functions_run_in_the_worker_processes(shared_cluster, shared_client):
+    for worker in shared_cluster.workers:
+        future = shared_client.submit(os.getpid, workers=[worker.address], pure=False)
+        assert future.result(timeout=TASK_TIMEOUT) == worker.pid
+        # A function of this module travels by value: the workers cannot import it.
+        future = shared_client.submit(_worker_name, workers=[worker.address], pure=False)
+        assert future.result(timeout=TASK_TIMEOUT) == worker.name
+    pids = {worker.pid for worker in shared_cluster.workers}
+    assert len(pids) == len(shared_cluster.workers)
+    assert os.getpid() not in pids
+
+
+def test_resources_send_tasks_to_the_gpu_worker(shared_cluster, shared_client):
+    futures = shared_client.map(_worker_name, range(8), resources={"GPU": 1}, pure=False)
+    assert set(shared_client.gather(futures)) == {shared_cluster.gpu.name}
+
+
+def test_import_afar_fails_on_the_worker_without_it(shared_cluster, shared_client):
+    future = shared_client.submit(_import_afar, workers=[shared_cluster.no_afar.address])
+    with pytest.raises(ModuleNotFoundError, match="afar"):
+        future.result(timeout=TASK_TIMEOUT)
+    with pytest.raises(ModuleNotFoundError, match="afar"):
+        shared_client.run_on_scheduler(_import_afar)
+
+
+def test_workers_with_afar_import_what_the_client_imports(shared_cluster, shared_client):
+    addresses = [shared_cluster.cpu.address, shared_cluster.gpu.address]
+    importable = shared_client.run(_afar_is_importable, workers=addresses)
+    assert importable == dict.fromkeys(addresses, _afar_is_importable())
+
+
+def test_processes_listen_on_loopback_only(shared_cluster):
+    for process in shared_cluster.deployment.leftover_processes():
+        # psutil 6 renamed connections() to net_connections().
+        connections = getattr(process, "net_connections", process.connections)(kind="inet")
+        listening = [c.laddr for c in connections if c.status == psutil.CONN_LISTEN]
+        assert listening, process
+        assert {address.ip for address in listening} == {LOOPBACK}, process
+
+
+def test_killed_worker_fails_its_task_when_no_retry_is_allowed(deployment):
+    deployment.start_scheduler(config={"distributed.scheduler.allowed-failures": 0})
+    victim, survivor = deployment.start_workers(WorkerSpec("victim"), WorkerSpec("survivor"))
+    client = deployment.client()
+    assert client.run_on_scheduler(_config_value, "distributed.scheduler.allowed-failures") == 0
+
+    future = client.submit(_block_until_released, workers=[victim.address], pure=False)
+    assert Event(STARTED_EVENT, client=client).wait(timeout=TASK_TIMEOUT)
+    victim.kill()
+    assert not victim.running
+    deployment.wait_for_removal(victim, timeout=REMOVAL_TIMEOUT)
+    with pytest.raises(KilledWorker):
+        future.result(timeout=TASK_TIMEOUT)
+    assert client.submit(_worker_name, pure=False).result(timeout=TASK_TIMEOUT) == survivor.name
+
+
+def test_nanny_restarts_a_killed_worker_and_close_leaves_no_process(deployment):
+    deployment.start_scheduler()
+    worker = deployment.start_worker("nannied", nanny=True)
+    assert worker.pid != worker.popen.pid  # the nanny's child runs the tasks
+    old_address, old_pid = worker.address, worker.pid
+
+    worker.kill()
+    deployment.wait_for_restart(worker, timeout=WORKER_START_TIMEOUT)
+    assert (worker.address, worker.pid) != (old_address, old_pid)
+    assert worker.running  # the nanny
+    client = deployment.client()
+    assert client.submit(os.getpid, pure=False).result(timeout=TASK_TIMEOUT) == worker.pid
+
+    deployment.close()
+    assert client.status == "closed"
+    assert deployment.leftover_processes() == []
+
+
+def test_client_fails_fast_when_the_scheduler_is_gone(deployment):
+    deployment.start_scheduler()
+    worker = deployment.start_worker("orphan")
+    client = deployment.client(timeout=RECONNECT_TIMEOUT)
+    future = client.submit(_block_until_released, pure=False)
+    assert Event(STARTED_EVENT, client=client).wait(timeout=TASK_TIMEOUT)
+
+    deployment.scheduler.kill()
+    # The client cancels its futures as soon as the connection drops...
+    with pytest.raises(CancelledError, match="lost the connection to the scheduler"):
+        future.result(timeout=TASK_TIMEOUT)
+    # ...then tries to reconnect for `timeout` seconds, and closes itself.
+    wait_until(lambda: client.status == "closed", RECONNECT_TIMEOUT + SLACK, "Client closing")
+    # The worker closes itself too.
+    wait_until(lambda: not worker.running, WORKER_EXIT_TIMEOUT, f"{worker} exiting")
+
+
+def test_tls_deployment_runs_tasks(tls_deployment, tls_client):
+    worker = tls_deployment.workers["tls"]
+    assert tls_deployment.scheduler.address.startswith(f"tls://{LOOPBACK}:")
+    assert worker.address.startswith(f"tls://{LOOPBACK}:")
+    assert tls_client.submit(os.getpid, pure=False).result(timeout=TASK_TIMEOUT) == worker.pid
+
+
+def test_client_without_security_cannot_connect_over_tls(tls_deployment):
+    with pytest.raises(TypeError, match="TLS expects a `ssl_context` argument"):
+        Client(tls_deployment.scheduler.address, timeout=REFUSED_CONNECT_TIMEOUT)
+
+
+def test_client_without_certificate_is_refused(tls_deployment, tls_files):
+    # Trusts the scheduler's CA but has no certificate of its own to show.
+    security = Security(tls_ca_file=str(tls_files.ca_file), require_encryption=True)
+    start = time.monotonic()
+    with pytest.raises(OSError, match="Timed out"):
+        Client(
+            tls_deployment.scheduler.address,
+            security=security,
+            timeout=REFUSED_CONNECT_TIMEOUT,
+        )
+    assert time.monotonic() - start < REFUSED_CONNECT_TIMEOUT + SLACK
