@@ -20,7 +20,7 @@ class Where(enum.Enum):
 LOCATION_NAMES = frozenset(where.value for where in Where)
 
 
-class SkipBody(Exception):  # noqa: N818 - a signal, not an error users see
+class SkipBody(Exception):
     """Raised by a location's ``__enter__`` so that the body does not run here."""
 
     def __init__(self, location: Location) -> None:
@@ -54,7 +54,9 @@ class Location:
         self.quiet = quiet
         self.submit_options = dict(submit_options or {})
 
-    def __call__(self, client: Any = None, *, quiet: bool = False, **submit_options: Any) -> Location:
+    def __call__(
+        self, client: Any = None, *, quiet: bool = False, **submit_options: Any
+    ) -> Location:
         """A location like this one with a client and options for ``client.submit``.
 
         Parameters

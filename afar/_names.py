@@ -233,9 +233,9 @@ def last_bound_name(body: list[ast.stmt]) -> str | None:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             for alias in node.names:
                 add(alias if hasattr(alias, "lineno") else node, _imported_name(alias))
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            add(node, node.name)
-        elif isinstance(node, ast.MatchAs | ast.MatchStar) and node.name:
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or (
+            isinstance(node, ast.MatchAs | ast.MatchStar) and node.name
+        ):
             add(node, node.name)
         elif isinstance(node, ast.MatchMapping) and node.rest:
             add(node, node.rest)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import pickle
-import uuid
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -91,8 +92,13 @@ def scatter_data(client: Any, data: MutableMapping[str, Any], names: list[str]) 
             data[name] = client.scatter(value, hash=False)
 
 
+# Keys must be unique across the cluster: a random token per process and a counter.
+_PROCESS_TOKEN = os.urandom(6).hex()
+_counter = itertools.count()
+
+
 def new_key(block: Block) -> str:
-    return f"{block.key_prefix}-{uuid.uuid4().hex}"
+    return f"{block.key_prefix}-{_PROCESS_TOKEN}{next(_counter):x}"
 
 
 def submit_block(
@@ -106,11 +112,9 @@ def submit_block(
     options: Mapping[str, Any],
 ) -> Future:
     """The body task (one per block). No round trip: the client batches what it sends."""
+    function, argument = run_block.task(packed, payload, futures, topic, strict)
     try:
-        return client.submit(
-            run_block, packed, payload, futures, topic, strict,
-            key=new_key(block), pure=False, **options,
-        )  # fmt: skip
+        return client.submit(function, argument, key=new_key(block), pure=False, **options)
     except TypeError as error:
         raise TypeError(
             f"client.submit refused the options of the block at {block.label} "
@@ -120,10 +124,8 @@ def submit_block(
 
 def submit_getters(client: Any, block: Block, body: Future, names: tuple[str, ...]):
     """One small task per saved name, each holding that name's value next to the body's result."""
-    key = body.key
-    return {
-        name: client.submit(
-            pick, body, pickle.dumps((name, block.label)), key=f"{key}-{name}", pure=False
-        )
-        for name in names
-    }
+    futures = {}
+    for name in names:
+        function, argument = pick.task(body, pickle.dumps((name, block.label)))
+        futures[name] = client.submit(function, argument, key=f"{body.key}-{name}", pure=False)
+    return futures

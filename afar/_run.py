@@ -9,7 +9,7 @@ import keyword
 import sys
 import threading
 import types
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Awaitable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from afar import _remote
 from afar._bind import bind
 from afar._compile import Block, block_for
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
+from afar._shipping import ensure_runtime
 from afar._worker import run_here
 from afar.errors import ClientError, LocationError
 
@@ -236,6 +237,43 @@ class Run:
         display: bool,
         asynchronous: bool,
     ) -> Any:
+        registering = ensure_runtime(client)
+        if asynchronous:
+            return self._submit_async(entry, location, client, values, display, registering)
+        body = self._send(entry, location, client, values, display)
+        if not self._returns_futures:
+            _bind_results(entry, _wait_values(body, entry))
+        return None
+
+    async def _submit_async(
+        self,
+        entry: _Entry,
+        location: Location,
+        client: Any,
+        values: dict[str, Any],
+        display: bool,
+        registering: Awaitable[Any] | None,
+    ) -> None:
+        if registering is not None:
+            await registering
+        body = self._send(entry, location, client, values, display)
+        if not self._returns_futures:
+            try:
+                results = await body
+            except BaseException:
+                body.cancel()
+                raise
+            _bind_results(entry, results)
+
+    def _send(
+        self,
+        entry: _Entry,
+        location: Location,
+        client: Any,
+        values: dict[str, Any],
+        display: bool,
+    ) -> Future:
+        """Submit the body (and getters for afar.run); bind Futures; return the body's Future."""
         block = entry.block
         if self.data is not None:
             from_data = [n for n in block.analysis.reads + block.analysis.seeds if n in self.data]
@@ -250,38 +288,26 @@ class Run:
         body = _remote.submit_block(
             client, block, packed, payload, futures, topic, strict, location.submit_options
         )
-        if not self._returns_futures:
-            if asynchronous:
-                return self._gather_async(entry, body)
-            _bind_results(entry, _wait_values(body, entry))
-            return None
-        if single:
-            named = {entry.saved[0]: body}
-        else:
-            named = _remote.submit_getters(client, block, body, entry.saved)
-        self._track(body, *named.values())
-        _bind_results(entry, named)
-        return None
+        self._track(body)
+        if self._returns_futures:
+            if single:
+                named = {entry.saved[0]: body}
+            else:
+                named = _remote.submit_getters(client, block, body, entry.saved)
+            _bind_results(entry, named)
+        return body
 
-    async def _gather_async(self, entry: _Entry, body: Future) -> None:
-        try:
-            values = await body
-        except BaseException:
-            body.cancel()
-            raise
-        _bind_results(entry, values)
-
-    def _track(self, *futures: Future) -> None:
+    def _track(self, body: Future) -> None:
+        """Hold the body's Future until it finishes: a block runs even if nobody keeps a name."""
         pending = self._pending
         with pending.lock:
-            pending.futures.update(futures)
+            pending.futures.add(body)
 
         def done(future: Future) -> None:
             with pending.lock:
                 pending.futures.discard(future)
 
-        for future in futures:
-            future.add_done_callback(done)
+        body.add_done_callback(done)
 
 
 class Get(Run):
@@ -356,8 +382,7 @@ def check_header(frame: types.FrameType, block: Block, run: Run) -> None:
                 else " Name a location: remotely, locally, later, or a variable bound to one"
             )
             raise LocationError(
-                f"{site.where()}: afar cannot tell where to run `{shown}` without running it."
-                f"{hint}"
+                f"{site.where()}: afar cannot tell where to run `{shown}` without running it.{hint}"
             )
     elif not isinstance(second, Location):
         raise LocationError(

@@ -1,17 +1,19 @@
-"""How afar's worker-side functions travel: pickled by value once per process, loaded once per worker.
+"""How afar's worker-side functions travel: by value, once per worker, then named by digest.
 
 Workers need no afar installed: the functions of ``_worker`` (and the modules it imports by
-name) are pickled by value with cloudpickle. Pickling them again for every task would cost
-client CPU, so each function is pickled once; its task carries those bytes with a small loader
-that keeps the unpickled function in a per-process table on the worker, keyed by digest.
+name) are pickled by value with cloudpickle, inside a worker plugin that each client registers
+once (Dask sends plugins to every worker, also to workers that join later). A task then carries
+only the digest of its function, which the worker looks up in a per-process table.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import cloudpickle
 
@@ -20,34 +22,61 @@ from afar import _output, _worker
 for _module in (_worker, _output):
     cloudpickle.register_pickle_by_value(_module)
 
-_R = TypeVar("_R")
-
-# Evaluated on the worker by ``builtins.eval``: the only callable every Python can import.
-_LOADER = (
-    "__import__('sys').__dict__.setdefault('_afar_shipped_functions_v1', {}).get(digest) "
-    "or __import__('sys').__dict__['_afar_shipped_functions_v1'].setdefault("
-    "digest, __import__('pickle').loads(payload))"
+# The task's function: ``eval`` of a call of the shipped function, looked up by digest on the
+# worker, with the task's one argument (a dict) as the namespace. ``builtins.eval`` unpickles
+# anywhere, so the scheduler (which unpickles task graphs too) needs nothing of afar's.
+_CALL = (
+    "(lambda f: f({arguments}) if f is not None else (_ for _ in ()).throw(RuntimeError("
+    "'afar: this worker has not loaded the afar runtime plugin, which the client registers "
+    "before its first block. Was the scheduler restarted? Create a new Client.')))("
+    "__import__('sys').__dict__.get({table!r}, {{}}).get({digest!r}))"
 )
 
 
-class Shipped(Generic[_R]):
-    """A function that pickles as its by-value bytes plus a cached loader."""
+class Shipped:
+    """A worker function, submitted as ``partial(eval, <call by digest>)`` with a dict argument."""
 
-    def __init__(self, function: Callable[..., _R]) -> None:
+    def __init__(self, function: Callable[..., Any], arguments: tuple[str, ...]) -> None:
         self.function = function
-        self.__name__ = function.__name__
-        self._reduced: tuple[Any, ...] | None = None
+        self.arguments = arguments
+        self.digest = hashlib.sha256(cloudpickle.dumps(function, protocol=5)).hexdigest()
+        call = _CALL.format(
+            table=_worker.SHIPPED_ATTRIBUTE,
+            digest=self.digest,
+            arguments=", ".join(f"{a}={a}" for a in arguments),
+        )
+        self.task_function = functools.partial(builtins.eval, call)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> _R:
-        return self.function(*args, **kwargs)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        if self._reduced is None:
-            payload = cloudpickle.dumps(self.function, protocol=5)
-            digest = hashlib.sha256(payload).hexdigest()
-            self._reduced = (builtins.eval, (_LOADER, {"payload": payload, "digest": digest}))
-        return self._reduced
+    def task(self, *values: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """The function and the one argument to submit for a call with ``values``."""
+        return self.task_function, dict(zip(self.arguments, values))
 
 
-run_block = Shipped(_worker.run_block)
-pick = Shipped(_worker.pick)
+run_block = Shipped(_worker.run_block, ("packed", "payload", "futures", "topic", "strict"))
+pick = Shipped(_worker.pick, ("values", "which"))
+_RUNTIME_NAME = (
+    "afar-runtime-" + hashlib.sha256((run_block.digest + pick.digest).encode()).hexdigest()[:16]
+)
+
+_registered: set[tuple[str, str]] = set()
+_registered_lock = threading.Lock()
+
+
+def ensure_runtime(client: Any) -> Awaitable[Any] | None:
+    """Register the runtime plugin with the client's cluster once (one round trip, first block).
+
+    Returns an awaitable for an asynchronous client, which the caller must await.
+    """
+    identity = (client.id, str(getattr(client.scheduler, "address", "")))
+    with _registered_lock:
+        if identity in _registered:
+            return None
+        _registered.add(identity)
+    plugin = _worker.Runtime({s.digest: s.function for s in (run_block, pick)})
+    try:
+        outcome = client.register_plugin(plugin, name=_RUNTIME_NAME)
+    except BaseException:
+        with _registered_lock:
+            _registered.discard(identity)
+        raise
+    return outcome if client.asynchronous else None

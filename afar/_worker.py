@@ -22,6 +22,8 @@ import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from afar._output import capture_output
 
 # Names no identifier can spell, so they never collide with the user's (pytest does the same).
@@ -30,6 +32,8 @@ DISPLAY_NAME = "@afar_display"
 # Process-wide cache of compiled blocks, shared by every version of this module in the process.
 CACHE_ATTRIBUTE = "_afar_compiled_blocks_v1"
 CACHE_LIMIT = 256
+# Process-wide table of afar's worker functions, filled by the Runtime plugin, keyed by digest.
+SHIPPED_ATTRIBUTE = "_afar_shipped_functions_v1"
 
 
 class BlockCode(NamedTuple):
@@ -50,6 +54,21 @@ class BlockCode(NamedTuple):
     display: bool  # the last statement is an expression whose value is displayed
     label: str  # "file.py:12", for messages
     future_flags: int
+
+
+class Runtime(WorkerPlugin):
+    """Loads afar's worker functions (pickled by value) into every worker process once.
+
+    Tasks then name a function by its digest instead of carrying its pickled bytes.
+    """
+
+    idempotent = True
+
+    def __init__(self, functions: dict[str, Callable[..., Any]]) -> None:
+        self.functions = functions
+
+    def setup(self, worker: Any) -> None:
+        sys.__dict__.setdefault(SHIPPED_ATTRIBUTE, {}).update(self.functions)
 
 
 def compiled_blocks() -> dict[bytes, tuple[BlockCode, types.CodeType]]:
@@ -123,9 +142,7 @@ def register_source(block: BlockCode) -> None:
     linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
 
 
-def new_function(
-    code: types.CodeType, namespace: dict[str, Any]
-) -> Callable[..., dict[str, Any]]:
+def new_function(code: types.CodeType, namespace: dict[str, Any]) -> Callable[..., dict[str, Any]]:
     """The block's function with ``namespace`` (the variables it reads) as its globals."""
     namespace["__builtins__"] = builtins
     namespace[LOCALS_NAME] = builtins.locals

@@ -518,14 +518,17 @@ class Deployment:
         self._clients.clear()
         self._admin = None
 
+        # Workers first: a worker that gets SIGTERM while its scheduler closes can hang on exit
+        # (its own close is cancelled halfway through shutting down its thread pool).
         processes: list[DaskProcess] = list(self.workers.values())
         if self.scheduler is not None:
             processes.append(self.scheduler)
-        for process in processes:
-            process._terminate()
-        deadline = time.monotonic() + GRACEFUL_STOP_TIMEOUT
-        for process in processes:
-            process._wait(deadline)
+        for group in [list(self.workers.values()), [self.scheduler] if self.scheduler else []]:
+            for process in group:
+                process._terminate()
+            deadline = time.monotonic() + GRACEFUL_STOP_TIMEOUT
+            for process in group:
+                process._wait(deadline)
         # Whatever is left, including a nanny's worker whose nanny is gone.
         alive = kill_processes(self.leftover_processes())
         for process in processes:

@@ -9,10 +9,10 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import cloudpickle
 import pytest
 from distributed import Client
 
@@ -59,14 +59,26 @@ def _no_orphan_processes() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _ship_test_module_by_value(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Send the test module's functions to workers by value, as from a script or notebook.
+def _test_module_travels_by_value(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Send the test module's functions and classes by value, as from a user's script.
 
-    Otherwise they are pickled by reference to a test module the workers cannot import.
+    Dask pickles a function by reference to its module when it can, and the processes of a
+    deployment cannot import test modules (some of which import afar, which not all have).
+    Objects of `__main__` go by value (cloudpickle), so the module's helpers pose as such.
     """
-    cloudpickle.register_pickle_by_value(request.module)
+    module = request.module
+    renamed = [
+        obj
+        for name, obj in vars(module).items()
+        if isinstance(obj, (types.FunctionType, type))
+        and obj.__module__ == module.__name__
+        and not name.startswith(("test", "Test"))
+    ]
+    for obj in renamed:
+        obj.__module__ = "__main__"
     yield
-    cloudpickle.unregister_pickle_by_value(request.module)
+    for obj in renamed:
+        obj.__module__ = module.__name__
 
 
 @pytest.fixture
