@@ -273,7 +273,7 @@ class _Capture(Emitter):
             self._append_locked(stream, text)
             try:
                 if self._pending_chars >= BATCH_MAX_CHARS:
-                    self._flush_locked(from_loop=False)
+                    self._flush_locked(from_loop=False, keep_tail=True)
                 elif not self._timer_armed:
                     self._timer_armed = True
                     # call_later must run on the loop; add_callback is the thread-safe way there.
@@ -331,10 +331,16 @@ class _Capture(Emitter):
             if self._pending and not self._broken:
                 self._flush_locked(from_loop=True)
 
-    def _flush_locked(self, *, from_loop: bool) -> None:
+    def _flush_locked(self, *, from_loop: bool, keep_tail: bool = False) -> None:
         pending, self._pending, self._last, self._pending_chars = self._pending, [], None, 0
+        events = _split(pending)
+        if keep_tail and events and _is_partial_text(events[-1]):
+            # Flushed because the batch is full: send full events only, and let the rest wait
+            # for more text or the timer, instead of sending a sliver of a line on its own.
+            for stream, text in events.pop():
+                self._append_locked(stream, text)
         worker, topic = self._worker, self._topic
-        for items in _split(pending):
+        for items in events:
             message = self._message(items)
             if from_loop:
                 # Worker.log_event sends at once on the loop thread, but queues a callback from a
@@ -388,6 +394,13 @@ def _split(pending: list[list[Any]]) -> list[list[list[Any]]]:
     if items:
         events.append(items)
     return events
+
+
+def _is_partial_text(items: list[list[Any]]) -> bool:
+    """Whether an event holds only text, less than BATCH_MAX_CHARS characters of it."""
+    return all(kind in TEXT_KINDS for kind, _ in items) and (
+        sum(len(text) for _, text in items) < BATCH_MAX_CHARS
+    )
 
 
 def _sendable(text: str) -> str:

@@ -1,0 +1,192 @@
+"""What a block costs compared with hand-written ``client.submit`` on the same LocalCluster.
+
+Each case runs after a warm-up, afar and bare Dask interleaved (A B A B ...) so that drift on a
+shared machine hits both alike, and prints the ratio of medians with min/median/max of each side.
+
+    python benchmarks/overhead.py           # full run
+    python benchmarks/overhead.py --quick   # a few repetitions: checks that it still runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import psutil
+from distributed import Client, LocalCluster, wait
+
+import afar
+
+MEGABYTE = 1_000_000
+
+
+def increment(x: int) -> int:
+    return x + 1
+
+
+def summary(label: str, afar_times: list[float], bare_times: list[float], unit: str) -> str:
+    scale = 1e6 if unit == "us" else 1e3
+    a, b = statistics.median(afar_times), statistics.median(bare_times)
+
+    def spread(times: list[float]) -> str:
+        low, mid, high = min(times), statistics.median(times), max(times)
+        return f"{low * scale:.1f}/{mid * scale:.1f}/{high * scale:.1f} {unit}"
+
+    return (
+        f"{label:<46} ratio {a / b:5.2f}x   afar {spread(afar_times)}   "
+        f"bare {spread(bare_times)} (min/median/max)"
+    )
+
+
+def interleave(
+    repeats: int, afar_case: Callable[[], None], bare_case: Callable[[], None], clock=None
+) -> tuple[list[float], list[float]]:
+    clock = clock or time.perf_counter
+    afar_times, bare_times = [], []
+    for _ in range(repeats):
+        for case, times in ((afar_case, afar_times), (bare_case, bare_times)):
+            start = clock()
+            case()
+            times.append(clock() - start)
+    return afar_times, bare_times
+
+
+def get_one(client: Client) -> None:
+    x = 1
+    with afar.get, remotely:  # noqa: F821 - afar recognises the bare name
+        y = x + 1
+    assert y == 2
+
+
+def run_one(client: Client) -> None:
+    x = 1
+    with afar.run, remotely:  # noqa: F821
+        y = x + 1
+    assert y.result() == 2
+
+
+def bare_one(client: Client) -> None:
+    assert client.submit(increment, 1, pure=False).result() == 2
+
+
+def run_many(client: Client, count: int) -> None:
+    futures = []
+    for i in range(count):
+        with afar.run, remotely:  # noqa: F821
+            y = i + 1
+        futures.append(y)
+    wait(futures)
+
+
+def bare_many(client: Client, count: int) -> None:
+    wait([client.submit(increment, i, pure=False) for i in range(count)])
+
+
+def client_cpu(client: Client, count: int) -> tuple[list[float], list[float]]:
+    """CPU time of the calling thread per block: afar's own work plus what Dask does there."""
+    afar_times, bare_times = [], []
+    for _ in range(3):
+        for case, times in ((run_many, afar_times), (bare_many, bare_times)):
+            gc.collect()
+            start = time.thread_time()
+            if case is run_many:
+                futures = []
+                for i in range(count):
+                    with afar.run, remotely:  # noqa: F821
+                        y = i + 1
+                    futures.append(y)
+            else:
+                futures = [client.submit(increment, i, pure=False) for i in range(count)]
+            times.append((time.thread_time() - start) / count)
+            wait(futures)
+            del futures
+    return afar_times, bare_times
+
+
+def big_result_stays(client: Client, megabytes: int) -> str:
+    process = psutil.Process()
+    gc.collect()
+    before = process.memory_info().rss
+    with afar.run, remotely:  # noqa: F821
+        import numpy
+
+        big = numpy.ones(megabytes * MEGABYTE // 8)
+    with afar.get, remotely:  # noqa: F821
+        total = float(big.sum())
+    assert total == megabytes * MEGABYTE // 8
+    grown = (process.memory_info().rss - before) / MEGABYTE
+    nbytes = client.nbytes(summary=False)
+    held = nbytes.get(big.key, 0) / MEGABYTE
+    return (
+        f"{'afar.run of a ' + str(megabytes) + ' MB array':<46} held on the cluster {held:.0f} MB,"
+        f" client memory grew {grown:.1f} MB"
+    )
+
+
+class Counted:
+    """An array that counts how often the client pickles it (once per time it is sent)."""
+
+    pickled = 0
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __reduce__(self):
+        Counted.pickled += 1
+        return (np.asarray, (self.array,))
+
+
+def data_sent_once(client: Client, megabytes: int, blocks: int) -> str:
+    Counted.pickled = 0
+    data = {"table": Counted(np.ones(megabytes * MEGABYTE // 8))}
+    runner = afar.run(data=data)
+    sums = []
+    for _ in range(blocks):
+        with runner, remotely:  # noqa: F821
+            total = float(table.sum())  # noqa: F821 - read from data=
+        sums.append(total)
+    assert all(s.result() == megabytes * MEGABYTE // 8 for s in sums)
+    return (
+        f"{f'data= value of {megabytes} MB read by {blocks} blocks':<46} sent from the client "
+        f"{Counted.pickled} time(s)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few repetitions only")
+    args = parser.parse_args()
+    repeats, many, megabytes = (5, 20, 8) if args.quick else (200, 200, 200)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        for _ in range(20 if not args.quick else 2):  # warm-up: imports, code caches, plugin
+            get_one(client)
+            run_one(client)
+            bare_one(client)
+        print(f"Python bare round trip vs afar, {repeats} interleaved repetitions each")
+        a, b = interleave(repeats, lambda: get_one(client), lambda: bare_one(client))
+        print(summary("afar.get, one small assignment", a, b, "ms"))
+        a, b = interleave(repeats, lambda: run_one(client), lambda: bare_one(client))
+        print(summary("afar.run then .result()", a, b, "ms"))
+        a, b = interleave(
+            max(3, repeats // 20), lambda: run_many(client, many), lambda: bare_many(client, many)
+        )
+        print(summary(f"{many} afar.run blocks, then wait on all", a, b, "ms"))
+        a, b = client_cpu(client, many)
+        extra = [x - y for x, y in zip(a, b)]
+        print(
+            summary("client CPU per block (calling thread)", a, b, "us")
+            + f"   afar's own: {statistics.median(extra) * 1e6:.0f} us"
+        )
+        print(big_result_stays(client, megabytes))
+        print(data_sent_once(client, megabytes, 10))
+
+
+if __name__ == "__main__":
+    main()
