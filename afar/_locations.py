@@ -1,4 +1,4 @@
-"""Where a block runs: ``remotely`` (a Dask worker), ``locally`` (in-process), ``later`` (nowhere)."""
+"""Where a block runs: `remotely` (a Dask worker), `locally` (in-process), `later` (nowhere)."""
 
 from __future__ import annotations
 

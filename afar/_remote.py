@@ -1,4 +1,4 @@
-"""Ship a block to Dask: split Futures from values, scatter ``data``, submit, one Future per name."""
+"""Ship a block to Dask: split Futures from values, scatter `data`, submit, a Future per name."""
 
 from __future__ import annotations
 

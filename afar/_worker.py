@@ -265,10 +265,10 @@ def _call(
             raise ModuleNotFoundError(message, name=error.name).with_traceback(
                 _block_frames(error.__traceback__)
             ) from None
-        raise error.with_traceback(_block_frames(error.__traceback__))
+        raise error.with_traceback(_block_frames(error.__traceback__))  # noqa: B904 - the same error
     except BaseException as error:
         # Drop this module's frames: the traceback starts at the user's lines.
-        raise error.with_traceback(_block_frames(error.__traceback__))
+        raise error.with_traceback(_block_frames(error.__traceback__))  # noqa: B904 - the same error
 
 
 def _block_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
