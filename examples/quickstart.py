@@ -10,6 +10,7 @@ import afar
 
 CLIENT_PID = os.getpid()
 
+
 def main() -> None:
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
