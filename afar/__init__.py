@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from afar import _remote
 from afar._locations import Location, later, locally, remotely
 from afar._run import Captured, Get, Run, get, run
 from afar.errors import (
@@ -20,6 +21,8 @@ from afar.errors import (
 )
 
 __version__ = "0.1.0"
+
+_remote.hide_runtime_frames()
 
 __all__ = [
     "AfarError",

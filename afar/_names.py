@@ -13,6 +13,14 @@ from afar.errors import BlockSyntaxError
 WRAPPER_NAME = "_afar_block_"
 _NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+_NAMED_BINDINGS = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.ClassDef,
+    ast.ExceptHandler,
+    ast.MatchAs,
+    ast.MatchStar,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,9 @@ def analyse(site: Site, text: str) -> Analysis:
             assigned.add(name)
         elif symbol.is_referenced():
             reads.add(name)
+    # From 3.12 symtable shows comprehension variables as the function's locals (PEP 709
+    # inlines comprehensions), yet they are invisible after the comprehension, as before 3.12.
+    assigned -= comprehension_variables(site.body)
     for child in _descendants(table):
         for symbol in child.get_symbols():
             name = symbol.get_name()
@@ -203,8 +214,8 @@ def read_before_assigned(body: list[ast.stmt], assigned: set[str]) -> set[str]:
 def _names_read(statement: ast.stmt) -> set[str]:
     names = set()
     for node in _top_level_nodes([statement]):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            names.add(node.id)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Load, ast.Del)):
+            names.add(node.id)  # `del x` needs a value of x, as reading it does
         elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
             names.add(node.target.id)  # x += 1 reads x first
     return names
@@ -220,6 +231,28 @@ def _imported_name(alias: ast.alias) -> str:
     return alias.asname or alias.name.partition(".")[0]
 
 
+def comprehension_variables(body: list[ast.stmt]) -> set[str]:
+    """Names the block binds only as comprehension variables (``i`` of ``[i for i in r]``)."""
+    targets: set[int] = set()
+    for node in _top_level_nodes(body):
+        if isinstance(node, ast.comprehension):
+            targets.update(id(n) for n in ast.walk(node.target))
+    only: set[str] = set()
+    elsewhere: set[str] = set()
+    for node in _top_level_nodes(body):
+        if id(node) in targets:
+            only.update([node.id] if isinstance(node, ast.Name) else [])
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            elsewhere.add(node.id)  # walrus in a comprehension, del, any other target
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            elsewhere.update(_imported_name(alias) for alias in node.names)
+        elif isinstance(node, _NAMED_BINDINGS) and node.name:  # def, class, except/case ... as
+            elsewhere.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            elsewhere.add(node.rest)
+    return only - elsewhere
+
+
 def last_bound_name(body: list[ast.stmt]) -> str | None:
     """The last name that the block's own statements bind, in source order."""
     bound: list[tuple[int, int, str]] = []
@@ -227,7 +260,14 @@ def last_bound_name(body: list[ast.stmt]) -> str | None:
     def add(node: ast.AST, name: str) -> None:
         bound.append((node.lineno, node.col_offset, name))  # type: ignore[attr-defined]
 
-    for node in _binding_nodes(body):
+    nodes = list(_binding_nodes(body))
+    # `x: int` without a value annotates x but binds nothing.
+    annotated_only = {
+        id(n.target) for n in nodes if isinstance(n, ast.AnnAssign) and n.value is None
+    }
+    for node in nodes:
+        if id(node) in annotated_only:
+            continue
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             add(node, node.id)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from distributed import Future
 
 from afar._compile import Block
 from afar._shipping import pick, run_block
+from afar._worker import RUNTIME_FILENAME
 from afar.errors import ClientError, NotPicklableError
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
@@ -129,3 +131,18 @@ def submit_getters(client: Any, block: Block, body: Future, names: tuple[str, ..
         function, argument = pick.task(body, pickle.dumps((name, block.label)))
         futures[name] = client.submit(function, argument, key=f"{body.key}-{name}", pure=False)
     return futures
+
+
+def hide_runtime_frames() -> None:
+    """Let Dask leave afar's worker frames out of the tracebacks it shows (``Future.result``).
+
+    Dask shortens tracebacks by file name (config ``admin.traceback.shorten``): the task's
+    ``eval`` runs as "<string>", afar's worker function as ``RUNTIME_FILENAME``.
+    """
+    import dask.config
+
+    patterns = list(dask.config.get("admin.traceback.shorten", default=[]) or [])
+    wanted = [re.escape(RUNTIME_FILENAME), r"^<string>$"]
+    missing = [p for p in wanted if p not in patterns]
+    if missing:
+        dask.config.set({"admin.traceback.shorten": patterns + missing})

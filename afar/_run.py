@@ -20,7 +20,7 @@ from afar._bind import bind
 from afar._compile import Block, block_for
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
 from afar._shipping import ensure_runtime
-from afar._worker import run_here
+from afar._worker import BLOCK_FUNCTION_PREFIX, run_here
 from afar.errors import ClientError, LocationError
 
 # How long afar.get waits at a time, so that Ctrl-C is handled promptly (issue: cancellation).
@@ -128,7 +128,12 @@ class Run:
         location = self._location(entry, exc, tb)
         if location is None:
             return False
-        self._execute(entry, location, asynchronous=False)
+        try:
+            body = self._execute(entry, location, asynchronous=False)
+            if body is not None:  # afar.get: wait here, so that a traceback has one afar frame
+                _bind_results(entry, _wait_values(body, entry))
+        except BaseException as error:
+            raise _shown_from_block(error, exc) from _cause(error)
         return True
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
@@ -137,9 +142,12 @@ class Run:
         location = self._location(entry, exc, tb)
         if location is None:
             return False
-        waiting = self._execute(entry, location, asynchronous=True)
-        if waiting is not None:
-            await waiting
+        try:
+            waiting = self._execute(entry, location, asynchronous=True)
+            if waiting is not None:
+                await waiting
+        except BaseException as error:
+            raise _shown_from_block(error, exc) from _cause(error)
         return True
 
     def cancel(self) -> None:
@@ -241,9 +249,7 @@ class Run:
         if asynchronous:
             return self._submit_async(entry, location, client, values, display, registering)
         body = self._send(entry, location, client, values, display)
-        if not self._returns_futures:
-            _bind_results(entry, _wait_values(body, entry))
-        return None
+        return None if self._returns_futures else body
 
     async def _submit_async(
         self,
@@ -459,17 +465,20 @@ def _bind_results(entry: _Entry, results: Mapping[str, Any]) -> None:
 
 
 def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
-    """Wait for an afar.get block in short slices (Ctrl-C cancels it), then fetch its values."""
-    from distributed import wait
+    """Wait for an afar.get block in short slices (Ctrl-C cancels it), then return its values.
 
+    ``Future.result`` waits and fetches in one trip through the client's event loop.
+    """
+    __tracebackhide__ = True
     timeout = entry.run.timeout if isinstance(entry.run, Get) else None
     waited = 0.0
     try:
         while True:
             try:
-                wait(body, timeout=WAIT_SLICE_SECONDS)
-                break
+                return body.result(timeout=WAIT_SLICE_SECONDS)
             except TimeoutError:
+                if body.done():
+                    raise  # the block itself raised TimeoutError
                 waited += WAIT_SLICE_SECONDS
                 if timeout is not None and waited >= timeout:
                     body.cancel()
@@ -480,10 +489,26 @@ def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
     except KeyboardInterrupt:
         body.cancel()
         raise
-    if body.status == "error":
-        error = body.exception()
-        raise error.with_traceback(body.traceback())
-    return body.result()
+
+
+def _shown_from_block(error: BaseException, skipped: BaseException | None) -> BaseException:
+    """The error as the user should see it: from the block's first line, not afar's frames.
+
+    Raised in ``__exit__``, it would show the location's skip signal as its context ("During
+    handling of the above exception..."): that context is noise, the block's error is the news.
+    """
+    tb = error.__traceback__
+    while tb is not None and not tb.tb_frame.f_code.co_name.startswith(BLOCK_FUNCTION_PREFIX):
+        tb = tb.tb_next
+    if tb is not None:
+        error = error.with_traceback(tb)
+    if error.__context__ is None or error.__context__ is skipped:
+        error.__suppress_context__ = True
+    return error
+
+
+def _cause(error: BaseException) -> BaseException | None:
+    return error.__cause__
 
 
 def _gather_locally(futures: Mapping[str, Any]) -> dict[str, Any]:

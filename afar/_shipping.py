@@ -25,12 +25,9 @@ for _module in (_worker, _output):
 # The task's function: ``eval`` of a call of the shipped function, looked up by digest on the
 # worker, with the task's one argument (a dict) as the namespace. ``builtins.eval`` unpickles
 # anywhere, so the scheduler (which unpickles task graphs too) needs nothing of afar's.
-_CALL = (
-    "(lambda f: f({arguments}) if f is not None else (_ for _ in ()).throw(RuntimeError("
-    "'afar: this worker has not loaded the afar runtime plugin, which the client registers "
-    "before its first block. Was the scheduler restarted? Create a new Client.')))("
-    "__import__('sys').__dict__.get({table!r}, {{}}).get({digest!r}))"
-)
+_CALL = "__import__('sys').__dict__[{table!r}][{digest!r}]({arguments})"
+# eval's globals: nothing but what the call needs (the task's dict argument is eval's locals).
+_GLOBALS = {"__builtins__": {"__import__": builtins.__import__}}
 
 
 class Shipped:
@@ -45,7 +42,7 @@ class Shipped:
             digest=self.digest,
             arguments=", ".join(f"{a}={a}" for a in arguments),
         )
-        self.task_function = functools.partial(builtins.eval, call)
+        self.task_function = functools.partial(builtins.eval, call, _GLOBALS)
 
     def task(self, *values: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
         """The function and the one argument to submit for a call with ``values``."""

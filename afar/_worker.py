@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import base64
 import builtins
+import contextlib
 import linecache
 import pickle
 import sys
@@ -32,8 +33,13 @@ DISPLAY_NAME = "@afar_display"
 # Process-wide cache of compiled blocks, shared by every version of this module in the process.
 CACHE_ATTRIBUTE = "_afar_compiled_blocks_v1"
 CACHE_LIMIT = 256
+# The name of a block's function, as tracebacks show it: "<afar block script.py:12>".
+BLOCK_FUNCTION_PREFIX = "<afar block "
 # Process-wide table of afar's worker functions, filled by the Runtime plugin, keyed by digest.
 SHIPPED_ATTRIBUTE = "_afar_shipped_functions_v1"
+# File name of afar's worker functions, which the client's Dask leaves out of tracebacks
+# (dask config "admin.traceback.shorten"), together with the "<string>" of the task's eval.
+RUNTIME_FILENAME = "<afar runtime>"
 
 
 class BlockCode(NamedTuple):
@@ -68,6 +74,8 @@ class Runtime(WorkerPlugin):
         self.functions = functions
 
     def setup(self, worker: Any) -> None:
+        for function in self.functions.values():
+            function.__code__ = function.__code__.replace(co_filename=RUNTIME_FILENAME)
         sys.__dict__.setdefault(SHIPPED_ATTRIBUTE, {}).update(self.functions)
 
 
@@ -114,7 +122,7 @@ def compile_block(block: BlockCode) -> types.CodeType:
         )
     returned = ast.Return(value=ast.Call(ast.Name(LOCALS_NAME, ast.Load()), [], []))
     body.append(ast.copy_location(returned, last))
-    function.name = f"<afar block {block.label}>"
+    function.name = f"{BLOCK_FUNCTION_PREFIX}{block.label}>"
     function.args = ast.arguments(
         posonlyargs=[],
         args=[],
@@ -201,18 +209,45 @@ def run_block(
     ``block.seeds`` are passed as parameters: the block may read them before assigning them.
     ``topic`` is where output goes (None: not captured). With ``strict``, every saved name must
     have been assigned (``afar.get``); otherwise missing ones are left out (getter tasks raise).
+
+    Everything happens in this one frame, so that a traceback shows one frame of afar's (which
+    the client's Dask hides, see ``RUNTIME_FILENAME``) above the user's lines.
     """
     block, code = block_and_code(packed)
     namespace = load_inputs(payload, block.label)
     namespace.update(futures)
     seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}
+    function = new_function(code, namespace)
     if topic is None:
-        return _run(block, code, namespace, seeds, None, strict)
-    from distributed import get_worker
+        capturing: Any = contextlib.nullcontext(None)
+    else:
+        from distributed import get_worker
 
-    key = str(get_worker().get_current_task())
-    with capture_output(topic, key, block.label) as emitter:
-        return _run(block, code, namespace, seeds, emitter, strict)
+        capturing = capture_output(topic, str(get_worker().get_current_task()), block.label)
+    with capturing as emitter:
+        try:
+            scope = function(**seeds)
+        except ModuleNotFoundError as error:
+            if not (error.name and _raised_by_block(error, block)):
+                raise
+            # An import in the block itself: keep the type, say where and what to do.
+            message = (
+                f"No module named {error.name!r} on {_worker_address()} (block at "
+                f"{block.label}): install it in the workers' environment, for example with "
+                "distributed.diagnostics.plugin.PipInstall"
+            )
+            raise ModuleNotFoundError(message, name=error.name).with_traceback(
+                error.__traceback__.tb_next if error.__traceback__ else None
+            ) from None
+        shown = scope.pop(DISPLAY_NAME, None)
+        if emitter is not None and shown is not None:
+            emitter.send("display", mimebundle(shown))
+    values = saved_values(block, scope)
+    if strict and not block.single:
+        missing = [name for name in block.saved if name not in values]
+        if missing:
+            raise missing_name(missing[0], block.label)
+    return values
 
 
 def run_here(
@@ -221,61 +256,12 @@ def run_here(
     """Run a block in this process (``locally``): the same function, no pickling of inputs."""
     block, code = block_and_code(packed)
     seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}
-    scope = _call(block, code, namespace, seeds)
+    scope = new_function(code, namespace)(**seeds)
     shown = scope.pop(DISPLAY_NAME, None)
     if show is not None and shown is not None:
         show(shown)
     values = saved_values(block, scope)
     return {block.saved[0]: values} if block.single else values
-
-
-def _run(
-    block: BlockCode,
-    code: types.CodeType,
-    namespace: dict[str, Any],
-    seeds: dict[str, Any],
-    emitter: Any,
-    strict: bool,
-) -> Any:
-    scope = _call(block, code, namespace, seeds)
-    shown = scope.pop(DISPLAY_NAME, None)
-    if emitter is not None and shown is not None:
-        emitter.send("display", mimebundle(shown))
-    values = saved_values(block, scope)
-    if strict and not block.single:
-        for name in block.saved:
-            if name not in values:
-                raise missing_name(name, block.label)
-    return values
-
-
-def _call(
-    block: BlockCode, code: types.CodeType, namespace: dict[str, Any], seeds: dict[str, Any]
-) -> dict[str, Any]:
-    try:
-        return new_function(code, namespace)(**seeds)
-    except ModuleNotFoundError as error:
-        # An import in the block itself: keep the type, say where and what to do.
-        if error.name and _raised_by_block(error, block):
-            message = (
-                f"No module named {error.name!r} on {_worker_address()} (block at "
-                f"{block.label}): install it in the workers' environment, for example with "
-                "distributed.diagnostics.plugin.PipInstall"
-            )
-            raise ModuleNotFoundError(message, name=error.name).with_traceback(
-                _block_frames(error.__traceback__)
-            ) from None
-        raise error.with_traceback(_block_frames(error.__traceback__))  # noqa: B904 - the same error
-    except BaseException as error:
-        # Drop this module's frames: the traceback starts at the user's lines.
-        raise error.with_traceback(_block_frames(error.__traceback__))  # noqa: B904 - the same error
-
-
-def _block_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
-    first = tb
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
-        tb = tb.tb_next
-    return tb if tb is not None else first
 
 
 def _raised_by_block(error: BaseException, block: BlockCode) -> bool:
