@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
 from typing import Any
 
 from afar.errors import LocationError
 
 # Options of client.submit that afar sets itself for the block's task.
 OWNED_SUBMIT_OPTIONS = frozenset({"key", "actor", "actors", "pure"})
+
+
+@functools.cache
+def submit_option_names() -> frozenset[str]:
+    """Keyword options of this Dask's ``Client.submit`` (its ``**kwargs`` go to the function)."""
+    from distributed import Client
+
+    parameters = inspect.signature(Client.submit).parameters.values()
+    return frozenset(
+        p.name
+        for p in parameters
+        if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self")
+    ) - {"func"} - OWNED_SUBMIT_OPTIONS
 
 
 class Where(enum.Enum):
@@ -69,6 +84,13 @@ class Location:
         **submit_options
             Passed to ``client.submit`` for the block's task.
         """
+        unknown = set(submit_options) - submit_option_names() - OWNED_SUBMIT_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"{self.where.value}() got unknown option(s) {', '.join(sorted(unknown))}: they "
+                "are passed to client.submit, which takes "
+                f"{', '.join(sorted(submit_option_names()))}"
+            )
         owned = OWNED_SUBMIT_OPTIONS.intersection(submit_options)
         if owned:
             raise LocationError(
