@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import linecache
 import pickle
 import threading
 import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from afar._capture import Site, site_for
-from afar._names import Analysis, analyse, wrapped_text
+from afar._capture import Site, first_line, site_for
+from afar._names import WRAPPER_NAME, Analysis, analyse, wrapped_text
 from afar._worker import BlockCode
+from afar.errors import BlockSyntaxError
 
 # Code locations analysed and kept; a notebook makes a new code object per cell run.
 BLOCK_CACHE_SIZE = 512
@@ -47,7 +50,7 @@ class Block:
         found = self._packed.get(variant)
         if found is None:
             site = self.site
-            first = site.node.lineno
+            first = site.node.lineno if self.wrapped else site.body_first_line
             code = BlockCode(
                 filename=site.filename,
                 text=self.text,
@@ -65,6 +68,46 @@ class Block:
         return found
 
 
+def block_for_source(source: str, filename: str) -> Block:
+    """A block whose body is a whole source text (a notebook cell under ``%%afar``).
+
+    The text is registered in ``linecache`` under ``filename`` so that tracebacks show it.
+    """
+    with _blocks_lock:
+        block = _cells.get((filename, source))
+        if block is not None:
+            return block
+    lines = tuple(source.splitlines(keepends=True))
+    linecache.cache[filename] = (len(source), None, list(lines), filename)
+    try:
+        tree = ast.parse(source, filename)
+    except SyntaxError as error:
+        raise BlockSyntaxError(error.msg, filename, error.lineno) from None
+    if not tree.body:
+        raise BlockSyntaxError("the cell has no statements to run", filename, 1)
+    node = ast.With(items=[], body=tree.body, lineno=1, col_offset=0)
+    last = tree.body[-1]
+    site = Site(
+        filename=filename,
+        lines=lines,
+        node=node,
+        body_first_line=first_line(tree.body[0]),
+        body_last_line=last.end_lineno or last.lineno,
+        future_flags=0,
+    )
+    # For symtable only: the cell as the body of a function, one line lower.
+    indented = "".join("    " + line if line.strip() else line for line in lines)
+    text = f"def {WRAPPER_NAME}():\n{indented}\n"
+    analysis = analyse(site, text, line_offset=-1)
+    block = Block(site=site, analysis=analysis, text=source, wrapped=False)
+    with _blocks_lock:
+        _cells[(filename, source)] = block
+        while len(_cells) > BLOCK_CACHE_SIZE:
+            _cells.popitem(last=False)
+    return block
+
+
+_cells: OrderedDict[tuple[str, str], Block] = OrderedDict()
 _blocks: OrderedDict[tuple[types.CodeType, int], Block] = OrderedDict()
 _blocks_lock = threading.Lock()
 

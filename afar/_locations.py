@@ -19,11 +19,15 @@ def submit_option_names() -> frozenset[str]:
     from distributed import Client
 
     parameters = inspect.signature(Client.submit).parameters.values()
-    return frozenset(
-        p.name
-        for p in parameters
-        if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self")
-    ) - {"func"} - OWNED_SUBMIT_OPTIONS
+    return (
+        frozenset(
+            p.name
+            for p in parameters
+            if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self")
+        )
+        - {"func"}
+        - OWNED_SUBMIT_OPTIONS
+    )
 
 
 class Where(enum.Enum):

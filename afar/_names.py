@@ -41,9 +41,11 @@ def wrapped_text(site: Site) -> str:
     return head + "".join(site.lines[start - 1 : site.body_last_line])
 
 
-def analyse(site: Site, text: str) -> Analysis:
+def analyse(site: Site, text: str, line_offset: int = 0) -> Analysis:
+    """Names of the body; ``text`` is the body wrapped in a function (``wrapped_text``), whose
+    line numbers are those of the site plus ``-line_offset``."""
     check_top_level(site)
-    table = _function_table(site, text)
+    table = _function_table(site, text, line_offset)
     assigned: set[str] = set()
     reads: set[str] = set()
     for symbol in table.get_symbols():
@@ -86,7 +88,7 @@ def analyse(site: Site, text: str) -> Analysis:
     )
 
 
-def _function_table(site: Site, text: str) -> symtable.SymbolTable:
+def _function_table(site: Site, text: str, line_offset: int) -> symtable.SymbolTable:
     try:
         module = symtable.symtable(text, site.filename, "exec")
     except SyntaxError as error:
@@ -97,7 +99,8 @@ def _function_table(site: Site, text: str) -> symtable.SymbolTable:
                 "function on the worker. Import the names you need (from m import a, b) or the "
                 "module (import m)"
             )
-        raise BlockSyntaxError(message, site.filename, error.lineno) from None
+        lineno = error.lineno + line_offset if error.lineno else None
+        raise BlockSyntaxError(message, site.filename, lineno) from None
     (table,) = (t for t in module.get_children() if t.get_name() == WRAPPER_NAME)
     return table
 

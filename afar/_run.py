@@ -45,10 +45,11 @@ class _Entry:
     """A block between ``__enter__`` and ``__exit__``: state of one block, not of the Run."""
 
     run: Run
-    frame: types.FrameType
+    frame: types.FrameType | None  # the caller's frame, or None for a namespace (a cell)
     block: Block
     saved: tuple[str, ...]
     results: MutableMapping[str, Any]
+    namespace: dict[str, Any] | None = None
 
 
 # One stack per thread and per asyncio task: blocks sharing one Run never see each other's state.
@@ -150,6 +151,34 @@ class Run:
             raise _shown_from_block(error, exc) from _cause(error)
         return True
 
+    def run_source(
+        self,
+        source: str,
+        filename: str,
+        namespace: dict[str, Any],
+        location: Location,
+        *,
+        display: bool | None = None,
+    ) -> MutableMapping[str, Any]:
+        """Run ``source`` as the body of a block whose scope is ``namespace`` (for ``%%afar``).
+
+        Returns what ``with run as data`` would give; saved names are bound in ``namespace``.
+        """
+        __tracebackhide__ = True
+        from afar._compile import block_for_source
+
+        block = block_for_source(source, filename)
+        saved = self._saved(block)
+        results: MutableMapping[str, Any] = self.data if self.data is not None else {}
+        entry = _Entry(self, None, block, saved, results, namespace)
+        try:
+            body = self._execute(entry, location, asynchronous=False, display=display)
+            if body is not None:
+                _bind_results(entry, _wait_values(body, entry))
+        except BaseException as error:
+            raise _shown_from_block(error, None) from _cause(error)
+        return results
+
     def cancel(self) -> None:
         """Cancel the blocks submitted through this Run that have not finished."""
         with self._pending.lock:
@@ -209,13 +238,17 @@ class Run:
             )
         return None
 
-    def _execute(self, entry: _Entry, location: Location, asynchronous: bool) -> Any:
+    def _execute(
+        self, entry: _Entry, location: Location, asynchronous: bool, display: bool | None = None
+    ) -> Any:
         where = location.where
         if where is Where.LATER:
             self.captured = _captured(entry)
             return None
         values = read_variables(entry, self.data)
-        display = entry.block.analysis.final_expression and _interactive()
+        if display is None:
+            display = _interactive()
+        display = display and entry.block.analysis.final_expression
         if where is Where.LOCALLY:
             self._run_locally(entry, values, display)
             return None
@@ -439,9 +472,10 @@ def resolve(frame: types.FrameType, expression: ast.expr) -> Any:
 def read_variables(entry: _Entry, data: Mapping[str, Any] | None) -> dict[str, Any]:
     """The outer values of the names the block reads: ``data``, then the caller's variables."""
     analysis = entry.block.analysis
-    frame = entry.frame
-    local_names = frame.f_locals
-    global_names = frame.f_globals
+    if entry.frame is None:
+        local_names = global_names = entry.namespace or {}
+    else:
+        local_names, global_names = entry.frame.f_locals, entry.frame.f_globals
     values: dict[str, Any] = {}
     for name in (*analysis.reads, *analysis.seeds):
         if data is not None and name in data:
@@ -461,7 +495,10 @@ def _seeds(entry: _Entry, values: Mapping[str, Any]) -> tuple[str, ...]:
 
 def _bind_results(entry: _Entry, results: Mapping[str, Any]) -> None:
     entry.results.update(results)
-    bind(entry.frame, results)
+    if entry.frame is None:
+        (entry.namespace if entry.namespace is not None else {}).update(results)
+    else:
+        bind(entry.frame, results)
 
 
 def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
