@@ -112,11 +112,12 @@ def submit_block(
     topic: str | None,
     strict: bool,
     options: Mapping[str, Any],
+    key: str,
 ) -> Future:
     """The body task (one per block). No round trip: the client batches what it sends."""
     function, argument = run_block.task(packed, payload, futures, topic, strict)
     try:
-        return client.submit(function, argument, key=new_key(block), pure=False, **options)
+        return client.submit(function, argument, key=key, pure=False, **options)
     except TypeError as error:
         raise TypeError(
             f"client.submit refused the options of the block at {block.label} "

@@ -8,6 +8,7 @@ import contextvars
 import keyword
 import sys
 import threading
+import traceback
 import types
 from collections.abc import Awaitable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from afar._bind import bind
 from afar._compile import Block, block_for
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
 from afar._shipping import ensure_runtime
+from afar._stream import OutputRouter, Sink, report_failure, router_for
 from afar._worker import BLOCK_FUNCTION_PREFIX, run_here
 from afar.errors import ClientError, LocationError
 
@@ -323,11 +325,22 @@ class Run:
         strict = not self._returns_futures
         single = self._returns_futures and len(entry.saved) == 1
         packed = block.packed(_seeds(entry, values), entry.saved, single, display)
-        topic = None  # output capture is wired in by the output stream module
+        key = _remote.new_key(block)
+        topic = None
+        router = None
+        if not location.quiet:
+            # Subscribing (once per client) goes out before the block: no output is missed.
+            router = router_for(client)
+            topic = router.topic
+            sink = _cell_sink(block.label)
+            if sink is not None:
+                router.register(key, sink)
+            else:
+                router = None  # output without a registered sink goes to the default sink
         body = _remote.submit_block(
-            client, block, packed, payload, futures, topic, strict, location.submit_options
+            client, block, packed, payload, futures, topic, strict, location.submit_options, key
         )
-        self._track(body)
+        self._track(entry, body, futures, router)
         if self._returns_futures:
             if single:
                 named = {entry.saved[0]: body}
@@ -336,15 +349,31 @@ class Run:
             _bind_results(entry, named)
         return body
 
-    def _track(self, body: Future) -> None:
-        """Hold the body's Future until it finishes: a block runs even if nobody keeps a name."""
+    def _track(
+        self,
+        entry: _Entry,
+        body: Future,
+        inputs: Mapping[str, Any],
+        router: OutputRouter | None,
+    ) -> None:
+        """Hold the body's Future until it finishes: a block runs even if nobody keeps a name.
+
+        When it finishes: forget its sink; with afar.run, report a failure nobody may wait for.
+        """
         pending = self._pending
         with pending.lock:
             pending.futures.add(body)
+        label = entry.block.label
+        report = self._returns_futures
+        input_futures = {name: _futures_in([value]) for name, value in inputs.items()}
 
         def done(future: Future) -> None:
             with pending.lock:
                 pending.futures.discard(future)
+            if router is not None:
+                router.unregister(future.key)
+            if report and future.status == "error":
+                report_failure(label, _failure_text(future, input_futures))
 
         body.add_done_callback(done)
 
@@ -526,6 +555,31 @@ def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
     except KeyboardInterrupt:
         body.cancel()
         raise
+
+
+def _failure_text(body: Future, inputs: Mapping[str, list[Future]]) -> str:
+    """What to tell about a failed afar.run block: its traceback, or which input failed."""
+    for name, futures in inputs.items():
+        for future in futures:
+            if future.status == "error":
+                error = future.exception()
+                return (
+                    f"the block did not run: its input {name!r} failed with "
+                    f"{type(error).__name__}: {error}"
+                )
+    error = body.exception()
+    shown = _shown_from_block(error, None)
+    return "".join(traceback.format_exception(type(shown), shown, shown.__traceback__))
+
+
+def _cell_sink(label: str) -> Sink | None:
+    """The notebook cell's sink for a block's output, or None outside a Jupyter kernel."""
+    ipython = sys.modules.get("IPython")  # afar never imports IPython itself
+    if ipython is None or ipython.get_ipython() is None:
+        return None
+    from afar._display import sink_for_block
+
+    return sink_for_block(label)
 
 
 def _shown_from_block(error: BaseException, skipped: BaseException | None) -> BaseException:
