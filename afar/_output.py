@@ -98,10 +98,12 @@ _STATE_ATTR = f"v{_ROUTER_VERSION}"
 # Attribute every afar router of any version has: the stream it replaced. Installation follows it
 # to tell whether its router is still in the chain below a router of another version.
 _INNER_ATTR = "_afar_inner"
+# Routers followed at most down such a chain: a guard against a cycle someone else made.
+_MAX_CHAIN = 64
 
 _logger = logging.getLogger("afar.output")
 
-get_ident = threading.get_ident
+_get_ident = threading.get_ident
 
 
 class Emitter:
@@ -173,7 +175,7 @@ def capture_output(
         worker = get_worker()
     except ValueError:
         return _NULL_CONTEXT
-    if worker.thread_id == get_ident():
+    if worker.thread_id == _get_ident():
         # On the event loop thread (an async task) capture would take everything the worker's
         # loop writes, and the batching timer would run on the thread being captured.
         return _NULL_CONTEXT
@@ -227,13 +229,14 @@ class _Capture(Emitter):
         self._timer_armed = False
         self._closed = False
         self._broken = False
-        # Set by a router while it writes to the stream it replaced, so that another afar router
-        # further down the chain does not record the same text twice.
+        # Set by a router while it writes to the stream it replaced, so that a router of this
+        # version further down (left below a wrapper someone put on top of it, which made us
+        # install another in front) does not record the same text twice.
         self.teeing = False
 
     def __enter__(self) -> _Capture:
         self._state = state = _router_state()
-        self._ident = ident = get_ident()
+        self._ident = ident = _get_ident()
         # A block inside a block in the same thread: the inner one captures until it ends.
         self._previous = state.captures.get(ident)
         state.captures[ident] = self
@@ -289,11 +292,17 @@ class _Capture(Emitter):
                 raise RuntimeError(f"output capture of {self._label} has ended; cannot send {kind}")
             if self._broken:
                 return
-            if self._pending:
-                self._flush_locked(from_loop=False)
-            # From a task thread, log_event checks that the payload serialises before queueing
-            # anything, so a bad payload raises here and costs no sequence number.
-            self._worker.log_event(self._topic, self._message([[kind, payload]]))
+            try:
+                if self._pending:
+                    self._flush_locked(from_loop=False)
+                # From a task thread, log_event checks that the payload serialises before
+                # queueing anything: a bad payload raises here and costs no sequence number.
+                self._worker.log_event(self._topic, self._message([[kind, payload]]))
+            except TypeError:
+                raise
+            except Exception:
+                self._break_locked()
+                return
             self._seq += 1
 
     def _append_locked(self, stream: str, text: str) -> None:
@@ -329,7 +338,10 @@ class _Capture(Emitter):
         with self._lock:
             self._timer_armed = False
             if self._pending and not self._broken:
-                self._flush_locked(from_loop=True)
+                try:
+                    self._flush_locked(from_loop=True)
+                except Exception:
+                    self._break_locked()
 
     def _flush_locked(self, *, from_loop: bool, keep_tail: bool = False) -> None:
         pending, self._pending, self._last, self._pending_chars = self._pending, [], None, 0
@@ -423,7 +435,7 @@ class _Router:
         self._afar_captures = captures
 
     def write(self, text: str) -> int:
-        capture = self._afar_captures.get(get_ident())
+        capture = self._afar_captures.get(_get_ident())
         inner = self._afar_inner
         if capture is None or capture.teeing:
             return _write(inner, text)
@@ -500,9 +512,12 @@ def _in_chain(stream: Any, router: Any) -> bool:
     """Whether ``router`` is ``stream`` or below it in a stack of afar routers of any version."""
     if router is None:
         return False
-    while stream is not None:
+    for _ in range(_MAX_CHAIN):
         if stream is router:
             return True
-        # vars(), not getattr(): a router's __getattr__ would answer for the stream it replaced.
+        if stream is None:
+            return False
+        # Looked up in the instance dict: getattr() on a router without the attribute would
+        # fall through to its __getattr__, and answer for the stream below.
         stream = getattr(stream, "__dict__", {}).get(_INNER_ATTR)
     return False

@@ -213,11 +213,15 @@ class OutputRouter:
     def handle(self, event: tuple[float, Any]) -> None:
         """The topic's event handler: ``event`` is ``(timestamp, message)``."""
         _, message = event
-        if not isinstance(message, dict) or message.get("afar") != PROTOCOL:
+        if (
+            not isinstance(message, dict)
+            or message.get("afar") != PROTOCOL
+            or not isinstance(message.get("block"), str)
+        ):
             logger.debug("afar: ignoring an output event it cannot read: %.200r", message)
             return
-        block = message.get("block")
-        label = message.get("label", block)
+        block: str = message["block"]
+        label = str(message.get("label", block))
         with self._lock:
             state = self._blocks.get(block)
             if state is None:
@@ -225,11 +229,12 @@ class OutputRouter:
                 self._unregistered[block] = state
                 if len(self._unregistered) > MAX_UNREGISTERED:
                     self._unregistered.popitem(last=False)
-            restarted = state.restarted(message.get("attempt"))
+            restarted = state.restarted(str(message.get("attempt")))
             sink = state.sink or self.default_sink
         try:
             if restarted:
-                sink.write(STDERR, restart_notice(label, message.get("worker", "another worker")))
+                worker = str(message.get("worker", "another worker"))
+                sink.write(STDERR, restart_notice(label, worker))
             _deliver(sink, label, message.get("items", ()))
         except Exception:
             # The handler runs on the client's event loop: a failing sink must not disturb it.

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from afar._output import capture_output
+from afar._output import DISPLAY, capture_output
 
 # Names no identifier can spell, so they never collide with the user's (pytest does the same).
 LOCALS_NAME = "@afar_locals"
@@ -241,7 +241,7 @@ def run_block(
             ) from None
         shown = scope.pop(DISPLAY_NAME, None)
         if emitter is not None and shown is not None:
-            emitter.send("display", mimebundle(shown))
+            emitter.send(DISPLAY, mimebundle(shown))
     values = saved_values(block, scope)
     if strict and not block.single:
         missing = [name for name in block.saved if name not in values]

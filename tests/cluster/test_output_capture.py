@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ from afar._output import (
 )
 from afar._stream import restart_notice, router_for, topic_for
 
-# Workers have no afar (and cannot import this file): what they run travels by value.
+# Workers need no afar, nor this file: what they run travels by value.
 cloudpickle.register_pickle_by_value(afar._output)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -34,9 +35,32 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 WAIT = 30
 LABEL = "test_output_capture.py:1"
 FLOOD_LINES = 100_000
-FLOOD_LINE = "{:049d}\n"  # 50 characters: the flood passes MAX_BLOCK_CHARS
+FLOOD_LINE = "{:049d}"  # 50 characters with its newline: the flood passes MAX_BLOCK_CHARS
 # A flood is a few large events, not one per line: how long it may take, at most.
 FLOOD_SECONDS = 15
+
+
+class ByValue:
+    """A function that travels by value even inside a task.
+
+    Dask pickles a task with ``pickle`` and switches to cloudpickle only when the module of the
+    task object itself is registered for pickling by value, so a registered function inside a
+    task would still travel by reference (and be imported on the worker).
+    """
+
+    def __init__(self, function: Any) -> None:
+        self.function = function
+        self.__name__ = function.__name__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return pickle.loads, (cloudpickle.dumps(self.function),)
+
+
+def submit(client: Client, function: Any, *args: Any, **options: Any) -> Any:
+    return client.submit(ByValue(function), *args, **options)
 
 
 class RecordingSink:
@@ -75,8 +99,8 @@ class Block:
         self.router.register(self.key, self.sink)
         self.at_done: list[tuple[str, Any]] | None = None
         self.unregistered = threading.Event()
-        self.future = client.submit(
-            function, topic_for(client), self.key, *args, key=self.key, **submit_options
+        self.future = submit(
+            client, function, topic_for(client), self.key, *args, key=self.key, **submit_options
         )
         self.future.add_done_callback(self._done)
 
@@ -91,7 +115,7 @@ class Block:
         return result
 
 
-# What the workers run. They import what they need inside: only this file's own names travel.
+# What the workers run: each function travels by value, with the names of this file it uses.
 
 
 def write_lines(topic: str, block: str, lines: list[tuple[str, str]]) -> None:
@@ -223,6 +247,12 @@ def fail_first_time(topic: str, block: str, flag: str) -> str:
     return "ok"
 
 
+def print_then_fail(topic: str, block: str) -> None:
+    with capture_output(topic, block, LABEL):
+        print("last words")
+        raise ValueError(block)
+
+
 def nested(topic: str, outer: str, inner: str) -> None:
     with capture_output(topic, outer, LABEL):
         print("outer 1")
@@ -257,6 +287,35 @@ def two_versions(topic: str, keys: list[str], source: str, rounds: int) -> list[
     return depths
 
 
+def under_a_wrapper(topic: str, block: str) -> str:
+    """Run a block after something else put its own stream wrapper in front of afar's router."""
+
+    class Wrapper:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def write(self, text: str) -> int:
+            return self.inner.write(text)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    import io
+
+    saved = sys.stdout
+    sys.stdout = io.StringIO()
+    try:
+        with capture_output(topic, f"{block}-warm-up", LABEL):
+            pass  # installs a router in front of the StringIO
+        worker_stream = sys.stdout.__dict__["_afar_inner"]
+        sys.stdout = Wrapper(sys.stdout)
+        with capture_output(topic, block, LABEL):
+            print("once")
+    finally:
+        sys.stdout = saved
+    return worker_stream.getvalue()
+
+
 # Tests
 
 
@@ -273,7 +332,7 @@ def test_output_without_sink_goes_to_client_streams(
     key = f"afar-test-{uuid.uuid4().hex}"
     router_for(client)
     lines = [(STDOUT, f"hello {key}"), (STDERR, f"oops {key}")]
-    client.submit(write_lines, topic_for(client), key, lines, key=key).result(timeout=WAIT)
+    submit(client, write_lines, topic_for(client), key, lines, key=key).result(timeout=WAIT)
     out, err = capsys.readouterr()
     assert f"hello {key}\n" in out
     assert f"oops {key}\n" in err
@@ -338,8 +397,7 @@ def test_flood_is_batched_and_capped(client: Client) -> None:
     assert len(events) <= bound
     assert [msg["seq"] for msg in events] == list(range(len(events)))
     assert all(
-        sum(len(data) for kind, data in msg["items"] if kind in (STDOUT, STDERR))
-        <= BATCH_MAX_CHARS
+        sum(len(data) for kind, data in msg["items"] if kind in (STDOUT, STDERR)) <= BATCH_MAX_CHARS
         for msg in events
     )
 
@@ -375,7 +433,7 @@ def test_display_without_sink_prints_plain_text(
 ) -> None:
     key = f"afar-test-{uuid.uuid4().hex}"
     router_for(client)
-    client.submit(display_between, topic_for(client), key, key=key).result(timeout=WAIT)
+    submit(client, display_between, topic_for(client), key, key=key).result(timeout=WAIT)
     assert capsys.readouterr().out == "before\n42\nafter\nrefused\n"
 
 
@@ -401,6 +459,15 @@ def test_output_arrives_before_the_future_completes(client: Client) -> None:
         block.result()
         # Taken in the Future's done-callback, where the core unregisters the sink.
         assert block.at_done == [(STDOUT, f"line {i}\n"), (STDERR, "last\n")]
+
+
+def test_output_of_a_failed_block_arrives_before_its_error(client: Client) -> None:
+    blocks = [Block(client, print_then_fail) for _ in range(10)]
+    for block in blocks:
+        with pytest.raises(ValueError, match=block.key):
+            block.future.result(timeout=WAIT)
+        assert block.unregistered.wait(WAIT)
+        assert block.at_done == [(STDOUT, "last words\n")]
 
 
 def test_nested_capture_in_one_thread(client: Client) -> None:
@@ -434,8 +501,8 @@ def test_two_router_versions_share_a_worker(client: Client) -> None:
     for key, sink in zip(keys, sinks):
         router.register(key, sink)
     try:
-        topic = topic_for(client)
-        depths = client.submit(two_versions, topic, keys, other, rounds).result(timeout=WAIT)
+        future = submit(client, two_versions, topic_for(client), keys, other, rounds, pure=False)
+        depths = future.result(timeout=WAIT)
     finally:
         for key in keys:
             router.unregister(key)
@@ -445,6 +512,12 @@ def test_two_router_versions_share_a_worker(client: Client) -> None:
         assert sinks[2 * i + 1].text(STDOUT) == f"this {i}\n"
     # Alternating versions does not stack routers without end.
     assert len(set(depths[1:])) == 1
+
+
+def test_a_wrapper_in_front_of_the_router_does_not_double_output(client: Client) -> None:
+    block = Block(client, under_a_wrapper)
+    assert block.result() == "once\n"
+    assert block.sink.text(STDOUT) == "once\n"
 
 
 def test_capture_outside_a_worker_does_nothing(capsys: pytest.CaptureFixture[str]) -> None:
@@ -499,12 +572,15 @@ def test_ten_threads_share_one_client(cluster: Any, monkeypatch: pytest.MonkeyPa
 
 def test_asynchronous_client(cluster: Any) -> None:
     async def run() -> RecordingSink:
-        async with Client(cluster, asynchronous=True, set_as_default=False) as client:
+        async with Client(
+            cluster.scheduler_address, asynchronous=True, set_as_default=False
+        ) as client:
             router = router_for(client)
             sink = RecordingSink()
             key = f"afar-test-{uuid.uuid4().hex}"
             router.register(key, sink)
-            future = client.submit(write_lines, topic_for(client), key, [(STDOUT, "async")], key=key)
+            lines = [(STDOUT, "async")]
+            future = submit(client, write_lines, topic_for(client), key, lines, key=key)
             await asyncio.wait_for(future, WAIT)
             router.unregister(key)
             assert len(router) == 0

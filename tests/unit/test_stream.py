@@ -1,0 +1,200 @@
+"""The client side of live output, fed with events as the scheduler would deliver them."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from afar._output import DISPLAY, DROPPED, LIMIT, PROTOCOL, STDERR, STDOUT
+from afar._stream import (
+    MAX_UNREGISTERED,
+    DefaultSink,
+    OutputRouter,
+    report_failure,
+    restart_notice,
+    router_for,
+    topic_for,
+)
+
+LABEL = "script.py:12"
+WORKER = "tcp://127.0.0.1:4321"
+
+
+class FakeClient:
+    """What a router needs of a client: its id, and subscriptions."""
+
+    id = "Client-0123"
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def subscribe_topic(self, topic: str, handler: Any) -> None:
+        self.handlers[topic] = handler
+
+    def unsubscribe_topic(self, topic: str) -> None:
+        if topic not in self.handlers:
+            raise ValueError(f"No event handler known for topic {topic}.")
+        del self.handlers[topic]
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, Any]] = []
+
+    def write(self, stream: str, text: str) -> None:
+        self.items.append((stream, text))
+
+    def display(self, payload: Any) -> None:
+        self.items.append((DISPLAY, payload))
+
+
+def event(block: str, items: list[list[Any]], attempt: str = "a1", seq: int = 0) -> tuple:
+    message = {
+        "afar": PROTOCOL,
+        "block": block,
+        "label": LABEL,
+        "attempt": attempt,
+        "worker": WORKER,
+        "seq": seq,
+        "items": items,
+    }
+    return (0.0, message)
+
+
+@pytest.fixture
+def router() -> OutputRouter:
+    return OutputRouter(FakeClient())  # type: ignore[arg-type]
+
+
+def test_topic_is_per_client() -> None:
+    assert topic_for(FakeClient()) == "afar-output-Client-0123"  # type: ignore[arg-type]
+
+
+def test_items_reach_the_registered_sink_in_order(router: OutputRouter) -> None:
+    sink = ListSink()
+    router.register("b", sink)
+    router.handle(event("b", [[STDOUT, "1\n"], [STDERR, "e\n"], [DISPLAY, {"text/plain": "x"}]]))
+    router.handle(event("b", [[STDOUT, "2\n"]], seq=1))
+    assert sink.items == [
+        (STDOUT, "1\n"),
+        (STDERR, "e\n"),
+        (DISPLAY, {"text/plain": "x"}),
+        (STDOUT, "2\n"),
+    ]
+
+
+def test_a_new_attempt_is_announced_once(router: OutputRouter) -> None:
+    sink = ListSink()
+    router.register("b", sink)
+    router.handle(event("b", [[STDOUT, "try\n"]], attempt="a1"))
+    router.handle(event("b", [[STDOUT, "try\n"]], attempt="a2"))
+    router.handle(event("b", [[STDOUT, "more\n"]], attempt="a2", seq=1))
+    # A late batch of the first attempt is shown, without claiming another restart.
+    router.handle(event("b", [[STDOUT, "late\n"]], attempt="a1", seq=1))
+    assert sink.items == [
+        (STDOUT, "try\n"),
+        (STDERR, restart_notice(LABEL, WORKER)),
+        (STDOUT, "try\n"),
+        (STDOUT, "more\n"),
+        (STDOUT, "late\n"),
+    ]
+    assert sink.items[1][1] == f"[afar] {LABEL} restarted on {WORKER}\n"
+
+
+def test_limit_and_dropped_become_notices(router: OutputRouter) -> None:
+    sink = ListSink()
+    router.register("b", sink)
+    router.handle(event("b", [[STDOUT, "x"], [LIMIT, {"chars": 1}]]))
+    router.handle(event("b", [[DROPPED, {"chars": 1234, "lines": 56}]], seq=1))
+    assert sink.items[0] == (STDOUT, "x")
+    assert sink.items[1][0] == sink.items[2][0] == STDERR
+    assert sink.items[1][1].startswith(f"[afar] {LABEL}: output reached the limit of 1 ")
+    assert "dropped 1,234 characters (56 lines)" in sink.items[2][1]
+
+
+def test_default_sink_writes_to_current_streams(
+    router: OutputRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    router.handle(event("nobody", [[STDOUT, "out\n"], [STDERR, "err\n"]]))
+    router.handle(event("nobody", [[DISPLAY, {"text/plain": "42", "text/html": "<b>"}]], seq=1))
+    assert capsys.readouterr() == ("out\n42\n", "err\n")
+
+
+def test_default_sink_display_hook_is_pluggable(router: OutputRouter) -> None:
+    shown: list[Any] = []
+    router.default_sink = DefaultSink(shown.append)
+    router.handle(event("nobody", [[DISPLAY, {"image/png": "..."}]]))
+    assert shown == [{"image/png": "..."}]
+
+
+def test_unknown_messages_and_kinds_are_ignored(
+    router: OutputRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink = ListSink()
+    router.register("b", sink)
+    router.handle((0.0, "not afar's"))
+    router.handle((0.0, {"afar": PROTOCOL + 1, "block": "b", "items": [[STDOUT, "future"]]}))
+    router.handle(event("b", [["progress", 0.5], [STDOUT, "known\n"]]))
+    assert sink.items == [(STDOUT, "known\n")]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_failing_sink_is_logged_not_raised(
+    router: OutputRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(ListSink):
+        def write(self, stream: str, text: str) -> None:
+            raise OSError("sink is gone")
+
+    router.register("b", Broken())
+    with caplog.at_level(logging.ERROR, logger="afar._stream"):
+        router.handle(event("b", [[STDOUT, "x"]]))
+    assert "the output sink of script.py:12 failed" in caplog.text
+
+
+def test_state_is_dropped_on_unregister_and_bounded_without(router: OutputRouter) -> None:
+    sink = ListSink()
+    router.register("b", sink)
+    router.handle(event("b", [[STDOUT, "x"]]))
+    assert len(router) == 1
+    router.unregister("b")
+    router.unregister("b")
+    assert len(router) == 0
+    router.default_sink = ListSink()
+    for i in range(MAX_UNREGISTERED + 10):
+        router.handle(event(f"orphan-{i}", [[STDOUT, "x"]]))
+    assert len(router) == MAX_UNREGISTERED
+
+
+def test_register_after_output_keeps_the_attempts_seen(router: OutputRouter) -> None:
+    router.default_sink = ListSink()
+    router.handle(event("b", [[STDOUT, "early\n"]], attempt="a1"))
+    sink = ListSink()
+    router.register("b", sink)
+    router.handle(event("b", [[STDOUT, "again\n"]], attempt="a2"))
+    assert sink.items == [(STDERR, restart_notice(LABEL, WORKER)), (STDOUT, "again\n")]
+    assert len(router) == 1
+
+
+def test_report_failure_prefixes_every_line(capsys: pytest.CaptureFixture[str]) -> None:
+    report_failure(LABEL, "Traceback (most recent call last):\n  ...\nZeroDivisionError: x\n")
+    assert capsys.readouterr().err == (
+        "[afar] script.py:12 failed:\n"
+        "[afar]   Traceback (most recent call last):\n"
+        "[afar]     ...\n"
+        "[afar]   ZeroDivisionError: x\n"
+    )
+
+
+def test_one_router_and_subscription_per_client() -> None:
+    client, other = FakeClient(), FakeClient()
+    router = router_for(client)  # type: ignore[arg-type]
+    assert router_for(client) is router  # type: ignore[arg-type]
+    assert router_for(other) is not router  # type: ignore[arg-type]
+    assert client.handlers == {topic_for(client): router.handle}  # type: ignore[arg-type]
+    router.close()
+    router.close()
+    assert client.handlers == {}
+    assert router_for(client) is not router  # type: ignore[arg-type]
