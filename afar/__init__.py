@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from afar import _remote
 from afar._locations import Location, later, locally, remotely
+from afar._magic import load_ipython_extension, new_magic
 from afar._run import Captured, Get, Run, get, run
 from afar.errors import (
     AfarError,
@@ -38,7 +39,9 @@ __all__ = [
     "__version__",
     "get",
     "later",
+    "load_ipython_extension",
     "locally",
+    "new_magic",
     "remotely",
     "run",
 ]

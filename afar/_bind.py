@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import dis
+import functools
 import sys
 import types
 from collections.abc import Mapping
@@ -12,6 +14,14 @@ from typing import Any
 CO_OPTIMIZED = 0x0001
 # PEP 667 (Python 3.13): frame.f_locals of a function is a write-through proxy.
 WRITE_THROUGH_LOCALS = sys.version_info >= (3, 13)
+# Class bodies whose global declarations are remembered (one scan of their code each).
+STORED_GLOBALS_CACHE_SIZE = 256
+
+
+@functools.lru_cache(maxsize=STORED_GLOBALS_CACHE_SIZE)
+def _stored(code: types.CodeType, opnames: tuple[str, ...]) -> frozenset[str]:
+    """Names that ``code`` assigns with ``opnames``: a class body's ``global x; x = 1``."""
+    return frozenset(i.argval for i in dis.get_instructions(code) if i.opname in opnames)
 
 
 def bind(frame: types.FrameType, values: Mapping[str, Any]) -> None:
@@ -20,8 +30,22 @@ def bind(frame: types.FrameType, values: Mapping[str, Any]) -> None:
         return
     code = frame.f_code
     if not code.co_flags & CO_OPTIMIZED:
-        # Module level, class bodies, IPython cells: f_locals is the namespace itself.
-        frame.f_locals.update(values)
+        # Module level, class bodies, IPython cells: f_locals is the namespace itself, but for
+        # the names a class body declares `global` or `nonlocal`.
+        namespace = frame.f_locals
+        if namespace is frame.f_globals:
+            namespace.update(values)
+            return
+        declared = _stored(code, ("STORE_GLOBAL", "DELETE_GLOBAL"))
+        cells = _stored(code, ("STORE_DEREF", "DELETE_DEREF"))
+        outer = frame.f_back  # runs the class statement: the cell is its variable too
+        for name, value in values.items():
+            if name in declared:
+                frame.f_globals[name] = value
+            elif name in cells and outer is not None and outer.f_code.co_flags & CO_OPTIMIZED:
+                bind(outer, {name: value})
+            else:
+                namespace[name] = value
         return
     fast = {*code.co_varnames, *code.co_cellvars, *code.co_freevars}
     local_values = {name: v for name, v in values.items() if name in fast}

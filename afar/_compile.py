@@ -11,7 +11,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from afar._capture import Site, first_line, site_for
-from afar._names import WRAPPER_NAME, Analysis, analyse, wrapped_text
+from afar._names import (
+    WRAPPER_NAME,
+    Analysis,
+    analyse,
+    share_module_globals,
+    wrapped_text,
+)
 from afar._worker import BlockCode
 from afar.errors import BlockSyntaxError
 
@@ -108,13 +114,15 @@ def block_for_source(source: str, filename: str) -> Block:
 
 
 _cells: OrderedDict[tuple[str, str], Block] = OrderedDict()
-_blocks: OrderedDict[tuple[types.CodeType, int], Block] = OrderedDict()
+_blocks: OrderedDict[tuple[str, types.CodeType, int], Block] = OrderedDict()
 _blocks_lock = threading.Lock()
 
 
 def block_for(frame: types.FrameType) -> Block:
     """The block the caller is entering, analysed on first use of its code location."""
-    location = (frame.f_code, frame.f_lasti)
+    # Code objects compare equal across files (co_filename is not part of their equality): the
+    # same function in two modules, or the same text in two notebook cells, is two blocks.
+    location = (frame.f_code.co_filename, frame.f_code, frame.f_lasti)
     with _blocks_lock:
         block = _blocks.get(location)
         if block is not None:
@@ -122,7 +130,10 @@ def block_for(frame: types.FrameType) -> Block:
             return block
     site = site_for(frame)
     text = wrapped_text(site)
-    block = Block(site=site, analysis=analyse(site, text), text=text)
+    analysis = analyse(site, text)
+    if frame.f_locals is frame.f_globals:  # module level (a script, a notebook cell)
+        text = share_module_globals(site, text, analysis.assigned)
+    block = Block(site=site, analysis=analysis, text=text)
     with _blocks_lock:
         _blocks[location] = block
         while len(_blocks) > BLOCK_CACHE_SIZE:

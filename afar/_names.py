@@ -13,6 +13,8 @@ from afar.errors import BlockSyntaxError
 WRAPPER_NAME = "_afar_block_"
 _NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+# ``try: ... except* ...`` (Python 3.11+) has the fields of ``try``.
+_TRY_STAR = (ast.TryStar,) if hasattr(ast, "TryStar") else ()
 _NAMED_BINDINGS = (
     ast.FunctionDef,
     ast.AsyncFunctionDef,
@@ -161,6 +163,15 @@ def check_top_level(site: Site) -> None:
                 site.filename,
                 node.lineno,  # type: ignore[attr-defined]
             )
+        if isinstance(node, ast.Nonlocal):
+            # Refused here: symtable would only say "no binding for nonlocal ... found".
+            name = node.names[0]
+            raise BlockSyntaxError(
+                f"`nonlocal {name}` at the top level of an afar block cannot reach the caller's "
+                f"variables. Save the name instead (afar.run({name!r}))",
+                site.filename,
+                node.lineno,
+            )
     _check_loop_control(site, site.body, in_loop=False)
 
 
@@ -189,29 +200,93 @@ def _check_loop_control(site: Site, body: list[ast.stmt], in_loop: bool) -> None
 def read_before_assigned(body: list[ast.stmt], assigned: set[str]) -> set[str]:
     """Names of the block that may be read before the block assigns them (``x = x + 1``).
 
-    Conservative: straight-line statements at the top level count as definite assignments;
-    anything inside a compound statement is read with what was definitely assigned before it.
-    A name read only inside a nested function is read when that function is called, later.
+    Conservative: a name counts as assigned only where every path to the read assigns it first
+    (in the same branch, the loop's own body, the ``with`` or ``case`` that binds it). Anything
+    else is seeded with the outer value, which costs shipping it (issue 2: only what the body
+    reads from outside travels). A name read only inside a nested function is read later.
     """
-    definite: set[str] = set()
     early: set[str] = set()
-    for statement in body:
-        for name in _names_read(statement):
-            if name in assigned and name not in definite:
-                early.add(name)
-        if isinstance(statement, ast.Delete):
-            definite -= {t.id for t in statement.targets if isinstance(t, ast.Name)}
-        elif isinstance(statement, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and (
-            not isinstance(statement, ast.AnnAssign) or statement.value is not None
-        ):
-            targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
-            for target in targets:
-                definite |= _stored_names(target)
-        elif isinstance(statement, (ast.Import, ast.ImportFrom)):
-            definite |= {_imported_name(alias) for alias in statement.names}
-        elif isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            definite.add(statement.name)
+    _flow(body, set(), assigned, early)
     return early
+
+
+def _flow(
+    body: list[ast.stmt], definite: set[str], assigned: set[str], early: set[str]
+) -> set[str]:
+    """Note the early reads of ``body``; return the names definitely bound after it."""
+    definite = set(definite)
+
+    def read(*nodes: ast.AST | None) -> None:
+        for node in nodes:
+            if node is not None:
+                early.update(n for n in _names_read(node) if n in assigned and n not in definite)
+
+    for statement in body:
+        if isinstance(statement, ast.If):
+            read(statement.test)
+            after_body = _flow(statement.body, definite, assigned, early)
+            after_else = _flow(statement.orelse, definite, assigned, early)
+            definite |= after_body & after_else
+        elif isinstance(statement, ast.For):
+            read(statement.iter, statement.target)
+            _flow(statement.body, definite | _stored_names(statement.target), assigned, early)
+            _flow(statement.orelse, definite, assigned, early)  # the loop may not run
+        elif isinstance(statement, ast.While):
+            read(statement.test)
+            _flow(statement.body, definite, assigned, early)
+            _flow(statement.orelse, definite, assigned, early)
+        elif isinstance(statement, ast.With):
+            for item in statement.items:
+                read(item.context_expr, item.optional_vars)
+                if item.optional_vars is not None:
+                    definite |= _stored_names(item.optional_vars)
+            # The context manager may swallow an exception: the body's names stay uncertain.
+            _flow(statement.body, definite, assigned, early)
+        elif isinstance(statement, (ast.Try, *_TRY_STAR)):
+            after_body = _flow(statement.body, definite, assigned, early)
+            for handler in statement.handlers:
+                read(handler.type)
+                caught = {handler.name} if handler.name else set()
+                _flow(handler.body, definite | caught, assigned, early)
+            _flow(statement.orelse, after_body, assigned, early)
+            definite = _flow(statement.finalbody, definite, assigned, early)
+        elif isinstance(statement, ast.Match):
+            read(statement.subject)
+            for case in statement.cases:
+                read(case.pattern)
+                guard = [ast.Expr(case.guard)] if case.guard is not None else []
+                bound = definite | _pattern_names(case.pattern)
+                _flow([*guard, *case.body], bound, assigned, early)
+        else:
+            read(statement)
+            definite = _bound_after(statement, definite)
+    return definite
+
+
+def _bound_after(statement: ast.stmt, definite: set[str]) -> set[str]:
+    """``definite`` updated by a simple statement (or a def or class)."""
+    if isinstance(statement, ast.Delete):
+        return definite - {t.id for t in statement.targets if isinstance(t, ast.Name)}
+    if isinstance(statement, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and (
+        not isinstance(statement, ast.AnnAssign) or statement.value is not None
+    ):
+        targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+        return definite.union(*(_stored_names(target) for target in targets))
+    if isinstance(statement, (ast.Import, ast.ImportFrom)):
+        return definite | {_imported_name(alias) for alias in statement.names}
+    if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return definite | {statement.name}
+    return definite
+
+
+def _pattern_names(pattern: ast.pattern) -> set[str]:
+    names = set()
+    for node in ast.walk(pattern):
+        if isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+    return names
 
 
 def _names_read(statement: ast.stmt) -> set[str]:
@@ -256,6 +331,69 @@ def comprehension_variables(body: list[ast.stmt]) -> set[str]:
     return only - elsewhere
 
 
+def share_module_globals(site: Site, text: str, assigned: frozenset[str]) -> str:
+    """``text`` where nested functions' ``global n`` becomes ``nonlocal n`` if the block assigns n.
+
+    For a block at module level only: there, the block's own ``count = 0`` and a nested
+    function's ``global count`` are one variable, the module's. In the block's function they
+    would be two (issue 2: the block behaves as if it ran in place); ``nonlocal`` makes them
+    one again, and the saved value comes back as any other. Lines keep their numbers.
+    """
+    lines = text.splitlines(keepends=True)
+    for declaration, names in _shared_globals(site.body, assigned, frozenset()):
+        if declaration.end_lineno != declaration.lineno or declaration.end_col_offset is None:
+            continue  # a declaration continued over lines: left as it is
+        shared = [n for n in declaration.names if n in names]
+        kept = [n for n in declaration.names if n not in names]
+        statement = f"nonlocal {', '.join(shared)}" + (
+            f"; global {', '.join(kept)}" if kept else ""
+        )
+        line = lines[declaration.lineno - 1].encode()
+        start, end = declaration.col_offset, declaration.end_col_offset
+        lines[declaration.lineno - 1] = (line[:start] + statement.encode() + line[end:]).decode()
+    return "".join(lines)
+
+
+def _shared_globals(
+    body: list[ast.stmt], assigned: frozenset[str], shadowed: frozenset[str]
+) -> list[tuple[ast.Global, set[str]]]:
+    """``global`` declarations of nested scopes that name a variable of the block itself."""
+    found = []
+    for node in _top_level_nodes(body):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for inner in _top_level_nodes(node.body):
+            if isinstance(inner, ast.Global):
+                names = (set(inner.names) & assigned) - shadowed
+                if names:
+                    found.append((inner, names))
+        # A function's own variables hide the block's from the functions nested in it; a class
+        # body's do not (class scopes are skipped by name resolution).
+        own = _own_bindings(node) if not isinstance(node, ast.ClassDef) else set()
+        found += _shared_globals(node.body, assigned, shadowed | own)
+    return found
+
+
+def _own_bindings(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    arguments = function.args
+    parameters = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+    parameters += [a for a in (arguments.vararg, arguments.kwarg) if a is not None]
+    names = {a.arg for a in parameters}
+    declared: set[str] = set()
+    for node in _top_level_nodes(function.body):
+        if isinstance(node, (ast.Global, ast.Nonlocal)):
+            declared.update(node.names)
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update(_imported_name(alias) for alias in node.names)
+        elif isinstance(node, _NAMED_BINDINGS) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+    return names - declared
+
+
 def last_bound_name(body: list[ast.stmt]) -> str | None:
     """The last name that the block's own statements bind, in source order."""
     bound: list[tuple[int, int, str]] = []
@@ -276,12 +414,14 @@ def last_bound_name(body: list[ast.stmt]) -> str | None:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             for alias in node.names:
                 add(alias if hasattr(alias, "lineno") else node, _imported_name(alias))
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or (
-            isinstance(node, ast.MatchAs | ast.MatchStar) and node.name
-        ):
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             add(node, node.name)
-        elif isinstance(node, ast.MatchMapping) and node.rest:
-            add(node, node.rest)
+        elif isinstance(node, ast.MatchAs | ast.MatchStar | ast.MatchMapping):
+            # The name ends the pattern (`[a] as whole`, `{"k": a, **rest}`): the pattern's
+            # start would put it before the names inside.
+            name = node.rest if isinstance(node, ast.MatchMapping) else node.name
+            if name:
+                bound.append((node.end_lineno, node.end_col_offset, name))  # type: ignore[arg-type]
     if not bound:
         return None
     return max(bound)[2]

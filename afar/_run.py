@@ -17,7 +17,7 @@ from typing import Any
 from distributed import Future
 
 from afar import _remote
-from afar._bind import bind
+from afar._bind import CO_OPTIMIZED, bind
 from afar._compile import Block, block_for
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
 from afar._shipping import ensure_runtime
@@ -501,21 +501,34 @@ def resolve(frame: types.FrameType, expression: ast.expr) -> Any:
 def read_variables(entry: _Entry, data: Mapping[str, Any] | None) -> dict[str, Any]:
     """The outer values of the names the block reads: ``data``, then the caller's variables."""
     analysis = entry.block.analysis
-    if entry.frame is None:
+    enclosing: Mapping[str, Any] = {}
+    frame = entry.frame
+    if frame is None:
         local_names = global_names = entry.namespace or {}
     else:
-        local_names, global_names = entry.frame.f_locals, entry.frame.f_globals
+        local_names, global_names = frame.f_locals, frame.f_globals
+        if _is_class_body(frame) and frame.f_back is not None:
+            # A class body reads its enclosing function's variables through cells that its
+            # f_locals (the class namespace) does not hold: the function's frame has them.
+            enclosing = frame.f_back.f_locals
+    free = frame.f_code.co_freevars if enclosing else ()
     values: dict[str, Any] = {}
     for name in (*analysis.reads, *analysis.seeds):
         if data is not None and name in data:
             continue  # taken from data by the caller (scattered first)
         if name in local_names:
             values[name] = local_names[name]
+        elif name in free and name in enclosing:
+            values[name] = enclosing[name]
         elif name in global_names:
             values[name] = global_names[name]
     if data is not None:
         values.update({n: data[n] for n in (*analysis.reads, *analysis.seeds) if n in data})
     return values
+
+
+def _is_class_body(frame: types.FrameType) -> bool:
+    return frame.f_locals is not frame.f_globals and not frame.f_code.co_flags & CO_OPTIMIZED
 
 
 def _seeds(entry: _Entry, values: Mapping[str, Any]) -> tuple[str, ...]:

@@ -143,6 +143,8 @@ def register_source(block: BlockCode) -> None:
     entry = linecache.cache.get(filename)
     lines = list(entry[2]) if entry else []
     end = block.first_shown_line - 1 + len(block.shown_lines)
+    if lines[block.first_shown_line - 1 : end] == list(block.shown_lines):
+        return  # the real file (the client, `locally`): leave its entry as linecache keeps it
     if len(lines) < end:
         lines.extend("\n" for _ in range(end - len(lines)))
     lines[block.first_shown_line - 1 : end] = block.shown_lines

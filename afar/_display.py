@@ -1,0 +1,417 @@
+"""Remote blocks' output in IPython kernels: each block's output in the cell that ran it.
+
+A Jupyter front end (and nbclient, which saves executed notebooks) files every output message
+under the request that its ``parent_header`` names, and stops listening to a request once it
+has replied. A block's output, though, reaches the client on Dask's event-loop thread, whose
+context still names the cell that created the ``Client``; and it may arrive after the cell that
+ran the block has finished. So, for each block, ``sink_for_block`` (called by the core when it
+submits the block, in the thread running the ``with``) returns a ``CellSink`` that:
+
+- while the block's cell runs, writes to ``sys.stdout``/``sys.stderr`` and displays results as
+  a ``print``/``display`` in that cell would: ordinary stream and display outputs of the cell.
+  Each call runs in an empty ``contextvars.Context``, where ipykernel falls back to the parent
+  of the request executing now, which is the block's cell (checked under a lock that the cell's
+  ``post_run_cell`` hook takes too, so the answer cannot change halfway);
+- after the cell has finished, updates one display of that cell, created empty by the cell's
+  ``post_run_cell`` hook for its blocks still running, and shared by them. A display update names
+  its display id, and front ends (and nbclient) apply it to every output with that id, whichever
+  cell is running when it arrives. An update sent while no cell runs is lost by nbclient; it
+  carries the whole text, so it is sent again when the next cell starts.
+
+Costs: a block that finishes while its cell runs adds nothing but its own output. A cell whose
+blocks are still running when it ends gets one empty display (``{"data": {}}`` in the saved
+notebook; front ends draw nothing for it). Output arriving after the last cell of a headless run
+has finished cannot be saved: nothing listens any more.
+
+The final expression of a block is shown with ``display(bundle, raw=True)``, a display_data
+output, not with ``sys.displayhook`` (an execute_result with ``Out[n]``): the value itself stays
+on the worker, so ``Out``/``_`` would hold a stand-in; the displayhook obeys the trailing
+semicolon of the *running* cell and must run on the main thread; and it works the same after
+the cell has finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import html
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from afar._output import STDERR, STDOUT
+from afar._stream import NOTICE_PREFIX
+
+__all__ = ["CellSink", "sink_for_block", "waiting_indicator"]
+
+# A waiting afar.get shows its indicator only after this long: quick blocks do not flicker.
+INDICATOR_DELAY_SECONDS = 0.5
+# Late output of a cell updates its display at most this often (ipykernel flushes its streams
+# every 0.2 s too): each update carries the whole text, so a flood must not send it every batch.
+UPDATE_INTERVAL_SECONDS = 0.2
+# Characters of late output a cell's display shows at most; the rest is counted in a notice.
+LATE_OUTPUT_LIMIT = 500_000
+# Jupyter's own rendering of stderr, for stderr text inside an HTML display.
+STDERR_HTML_STYLE = (
+    "background-color: var(--jp-rendermime-error-background, #fdd); margin: 0; padding: 1px 4px"
+)
+STDOUT_HTML_STYLE = "margin: 0; padding: 1px 4px"
+# MIME type that JupyterLab renders the way it renders a stderr stream.
+STDERR_MIME = "application/vnd.jupyter.stderr"
+EMPTY_BUNDLE: dict[str, str] = {}
+
+
+def _kernel_shell() -> Any:
+    """The running IPython shell if it belongs to a kernel (Jupyter), else None."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or getattr(shell, "kernel", None) is None:
+        return None
+    return shell
+
+
+def _in_empty_context(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call ``function`` where no contextvar is set: ipykernel then uses the running request."""
+    return contextvars.Context().run(function, *args, **kwargs)
+
+
+def _display(bundle: dict[str, Any], **kwargs: Any) -> Any:
+    from IPython.display import display
+
+    return display(bundle, raw=True, **kwargs)
+
+
+def _stream(name: str) -> Any:
+    # Looked up at every write: %%capture and redirect_stdout replace the stream while a cell runs.
+    return sys.stdout if name == STDOUT else sys.stderr
+
+
+class _Cell:
+    """One run of a cell: the sinks of the blocks it submitted that are still open."""
+
+    __slots__ = ("sinks",)
+
+    def __init__(self) -> None:
+        self.sinks: set[CellSink] = set()
+
+
+class _Tracker:
+    """Which cell of one shell is running, from IPython's pre/post_run_cell events."""
+
+    def __init__(self, shell: Any, running: bool) -> None:
+        # Reentrant: a display update flushes the streams, which may come back to a sink.
+        self.lock = threading.RLock()
+        # The cells running now, innermost last (a cell may run another with run_cell).
+        self.cells: list[_Cell] = [_Cell()] if running else []
+        self.stale: set[_LateOutput] = set()
+        shell.events.register("pre_run_cell", self.pre_run_cell)
+        shell.events.register("post_run_cell", self.post_run_cell)
+
+    @property
+    def current(self) -> _Cell | None:
+        return self.cells[-1] if self.cells else None
+
+    def pre_run_cell(self, *args: Any) -> None:
+        with self.lock:
+            self.cells.append(_Cell())
+            stale, self.stale = self.stale, set()
+            for late in stale:
+                # Sent while no cell ran, so nbclient dropped it: send it again now.
+                late.send(self)
+
+    def post_run_cell(self, *args: Any) -> None:
+        # Runs on the main thread before the kernel replies: outputs made here are the cell's.
+        with self.lock:
+            if not self.cells:
+                return
+            cell = self.cells.pop()
+            open_sinks = [sink for sink in cell.sinks if not sink.closed]
+            cell.sinks.clear()
+            if open_sinks:
+                late = _LateOutput(_display(EMPTY_BUNDLE, display_id=True))
+                for sink in open_sinks:
+                    sink.late = late
+
+
+_trackers: weakref.WeakKeyDictionary[Any, _Tracker] = weakref.WeakKeyDictionary()
+_trackers_lock = threading.Lock()
+
+
+def tracker_for(shell: Any) -> _Tracker:
+    """The cell tracker of ``shell``, hooked into its events on first use."""
+    with _trackers_lock:
+        tracker = _trackers.get(shell)
+        if tracker is None:
+            # First use: from the kernel's main thread, that is inside a cell (this one's
+            # pre_run_cell has passed already); from another thread, no telling.
+            running = threading.current_thread() is threading.main_thread()
+            tracker = _trackers[shell] = _Tracker(shell, running)
+    return tracker
+
+
+class _LateOutput:
+    """The display that holds a cell's block output arriving after the cell finished."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        # [owner, kind, data]: consecutive text of one stream from one sink is merged.
+        self.segments: list[list[Any]] = []
+        self.chars = 0
+        self.omitted = 0
+        self.sent_at = 0.0
+        self.timer: threading.Timer | None = None
+
+    def add_text(self, owner: object, stream: str, text: str) -> None:
+        room = LATE_OUTPUT_LIMIT - self.chars
+        if len(text) > room:
+            self.omitted += len(text) - max(room, 0)
+            text = text[: max(room, 0)]
+        if not text:
+            return
+        self.chars += len(text)
+        last = self.segments[-1] if self.segments else None
+        if last is not None and last[0] is owner and last[1] == stream:
+            last[2].append(text)
+        else:
+            self.segments.append([owner, stream, [text]])
+
+    def add_display(self, owner: object, bundle: dict[str, Any]) -> None:
+        self.segments.append([owner, "display", bundle])
+
+    def bundle(self) -> dict[str, Any]:
+        segments: list[tuple[str, Any]] = []
+        for index, (owner, kind, data) in enumerate(self.segments):
+            if kind == "display":
+                segments.append((kind, data))
+                continue
+            text = "".join(data)
+            following = self.segments[index + 1] if index + 1 < len(self.segments) else None
+            if following is not None and following[0] is not owner and not text.endswith("\n"):
+                text += "\n"  # another block's output follows: do not glue it to this line
+            segments.append((kind, text))
+        if self.omitted:
+            notice = f"{NOTICE_PREFIX}{self.omitted:,} more characters of output not shown here\n"
+            segments.append((STDERR, notice))
+        return render(segments)
+
+    def changed(self, tracker: _Tracker) -> None:
+        """Send now, or once UPDATE_INTERVAL_SECONDS have passed since the last send."""
+        if self.timer is not None:
+            return  # an update is due already and will carry this change
+        wait = self.sent_at + UPDATE_INTERVAL_SECONDS - time.monotonic()
+        if wait <= 0:
+            self.send(tracker)
+            return
+        self.timer = threading.Timer(wait, self._send_due, args=(tracker,))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _send_due(self, tracker: _Tracker) -> None:
+        with tracker.lock:
+            self.timer = None
+            self.send(tracker)
+
+    def send(self, tracker: _Tracker) -> None:
+        """Update the display (call with ``tracker.lock`` held)."""
+        self.sent_at = time.monotonic()
+        if tracker.current is None:
+            tracker.stale.add(self)
+        _in_empty_context(self.handle.update, self.bundle(), raw=True)
+
+
+class CellSink:
+    """Where one block's output goes in a Jupyter kernel: the cell that submitted the block.
+
+    Use ``sink_for_block``. The router calls ``write`` and ``display`` on Dask's event loop;
+    ``close`` (when the block's Future is done) may come from any thread.
+    """
+
+    def __init__(self, tracker: _Tracker, label: str) -> None:
+        self.label = label
+        self.closed = False
+        self.late: _LateOutput | None = None
+        self._tracker = tracker
+        with tracker.lock:
+            self._cell = tracker.current
+            if self._cell is not None:
+                self._cell.sinks.add(self)
+
+    def write(self, stream: str, text: str) -> None:
+        """Write text the block wrote to ``stream`` (``"stdout"`` or ``"stderr"``)."""
+        with self._tracker.lock:
+            late = self.late
+            if late is None:
+                # The cell still runs (or, for a block submitted while none ran, whichever
+                # cell runs now, as for a print from a thread): a stream output of the cell.
+                _in_empty_context(_stream(stream).write, text)
+            else:
+                late.add_text(self, stream, text)
+                late.changed(self._tracker)
+
+    def display(self, payload: Any) -> None:
+        """Show a block's final value: ``payload`` is a mimebundle computed on the worker."""
+        bundle = _as_bundle(payload)
+        with self._tracker.lock:
+            late = self.late
+            if late is None:
+                _in_empty_context(_display, bundle)
+            else:
+                late.add_display(self, bundle)
+                late.changed(self._tracker)
+
+    def close(self) -> None:
+        """The block has finished: no output will follow (a cell ending now needs no display)."""
+        with self._tracker.lock:
+            self.closed = True
+            if self._cell is not None:
+                self._cell.sinks.discard(self)
+
+    def __repr__(self) -> str:
+        return f"<afar CellSink {self.label}{' closed' if self.closed else ''}>"
+
+
+def sink_for_block(label: str) -> CellSink | None:
+    """The sink for the output of the block ``label`` submitted now, or None for plain printing.
+
+    Call it when submitting the block, in the thread running the ``with`` (so, in a notebook,
+    while its cell runs). In a Jupyter kernel it returns a ``CellSink`` that puts the block's
+    output in that cell, also when it arrives after the cell has finished. Elsewhere (a terminal
+    IPython, plain Python) it returns None: printing to ``sys.stdout``/``sys.stderr`` is right.
+
+    Parameters
+    ----------
+    label
+        The block's label, such as ``"script.py:12"``.
+
+    Examples
+    --------
+    >>> sink = sink_for_block("123.py:1")  # doctest: +SKIP
+    >>> if sink is not None:  # doctest: +SKIP
+    ...     router_for(client).register(key, sink)
+    """
+    shell = _kernel_shell()
+    if shell is None:
+        return None
+    return CellSink(tracker_for(shell), label)
+
+
+def _as_bundle(payload: Any) -> dict[str, Any]:
+    if isinstance(payload, dict) and payload and all(isinstance(k, str) for k in payload):
+        return payload
+    return {"text/plain": repr(payload)}
+
+
+# -- rendering late output ----------------------------------------------------------------
+def render(segments: list[tuple[str, Any]]) -> dict[str, Any]:
+    """One mimebundle for a sequence of ``(kind, data)``: stdout/stderr text and bundles.
+
+    Text of one stream alone stays text (stderr with the MIME type JupyterLab styles as
+    stderr); a single bundle stays that bundle; a mix becomes HTML with stderr styled as
+    Jupyter does, with a ``text/plain`` version of everything.
+
+    Examples
+    --------
+    >>> render([("stdout", "hello\\n")])
+    {'text/plain': 'hello\\n'}
+    """
+    if not segments:
+        return dict(EMPTY_BUNDLE)
+    kinds = {kind for kind, _ in segments}
+    if kinds == {"display"} and len(segments) == 1:
+        return dict(segments[0][1])
+    if kinds == {STDOUT}:
+        return {"text/plain": "".join(text for _, text in segments)}
+    if kinds == {STDERR}:
+        text = "".join(text for _, text in segments)
+        return {STDERR_MIME: text, "text/plain": text}
+    plain: list[str] = []
+    rich: list[str] = []
+    for kind, data in segments:
+        if kind == "display":
+            text = str(data.get("text/plain", ""))
+            plain.append(text if text.endswith("\n") or not text else text + "\n")
+            rich.append(_bundle_html(data))
+        else:
+            plain.append(data)
+            style = STDERR_HTML_STYLE if kind == STDERR else STDOUT_HTML_STYLE
+            rich.append(f'<pre style="{style}">{html.escape(data)}</pre>')
+    return {"text/html": "\n".join(rich), "text/plain": "".join(plain)}
+
+
+def _bundle_html(bundle: dict[str, Any]) -> str:
+    """The HTML of a mimebundle: its own, an embedded image, or its escaped plain text."""
+    if isinstance(bundle.get("text/html"), str):
+        return bundle["text/html"]
+    for mime in ("image/png", "image/jpeg"):
+        if isinstance(bundle.get(mime), str):
+            return f'<img src="data:{mime};base64,{bundle[mime]}">'
+    if isinstance(bundle.get("image/svg+xml"), str):
+        return bundle["image/svg+xml"]
+    return f"<pre>{html.escape(str(bundle.get('text/plain', '')))}</pre>"
+
+
+# -- the waiting indicator ----------------------------------------------------------------
+class _Indicator:
+    """A display saying that a block runs on the cluster, emptied when the wait ends."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.lock = threading.Lock()
+        self.handle: Any = None
+        self.stopped = False
+        # The waiting cell's context: the indicator is the cell's output, shown from a timer.
+        self.context = contextvars.copy_context()
+        self.timer = threading.Timer(INDICATOR_DELAY_SECONDS, self.show)
+        self.timer.daemon = True
+
+    def bundle(self) -> dict[str, str]:
+        since = time.strftime("%H:%M:%S")
+        label = html.escape(self.label)
+        return {
+            "text/plain": f"{NOTICE_PREFIX}{self.label} running on the cluster (since {since})",
+            "text/html": (
+                f'<span style="opacity: 0.7">&#x23F3; <code>{label}</code> running on the '
+                f"cluster (since {since})&hellip;</span>"
+            ),
+        }
+
+    def show(self) -> None:
+        with self.lock:
+            if not self.stopped:
+                self.handle = self.context.run(_display, self.bundle(), display_id=True)
+
+    def stop(self) -> None:
+        self.timer.cancel()
+        with self.lock:
+            self.stopped = True
+            if self.handle is not None:
+                # No message can remove an output: an empty one is drawn as nothing.
+                self.handle.update(EMPTY_BUNDLE, raw=True)
+
+
+@contextlib.contextmanager
+def waiting_indicator(label: str) -> Iterator[None]:
+    """Show, while the body waits, that the block ``label`` runs on the cluster (in Jupyter).
+
+    The indicator appears once the wait has lasted ``INDICATOR_DELAY_SECONDS``, in the cell
+    that waits, and is emptied when the wait ends, however it ends: the saved notebook keeps
+    an empty output (drawn as nothing) in its place. Outside a Jupyter kernel, or away from the
+    kernel's main thread, it does nothing.
+
+    Examples
+    --------
+    >>> with waiting_indicator("123.py:1"):  # doctest: +SKIP
+    ...     values = future.result()
+    """
+    if _kernel_shell() is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    indicator = _Indicator(label)
+    indicator.timer.start()
+    try:
+        yield
+    finally:
+        indicator.stop()

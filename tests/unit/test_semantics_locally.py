@@ -1,0 +1,172 @@
+"""Semantics: a body behaves the same run plainly and as a block run ``locally``.
+
+The bodies live in ``tests/bodies.py``; the cluster tests run the same ones ``remotely``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+from unit_helpers import shared_bodies, site_from_source
+
+from afar._names import analyse, share_module_globals, wrapped_text
+
+bodies = shared_bodies()
+BODIES = {body.id: body for body in bodies.BODIES}
+HEADERS = {
+    "run": "with afar.run({names}), locally:",
+    "get": "with afar.get({names}), locally:",
+}
+
+
+@pytest.mark.parametrize("header", HEADERS.values(), ids=HEADERS.keys())
+@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
+def test_in_a_function(load_module, body, header):
+    expected = load_module(bodies.function_source(body)).block_results()
+    got = load_module(bodies.function_source(body, header)).block_results()
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b for b in BODIES.values() if b.id not in bodies.FUNCTION_ONLY],
+    ids=lambda body: body.id,
+)
+def test_at_module_level(load_module, body):
+    expected = load_module(bodies.module_source(body)).block_results()
+    got = load_module(bodies.module_source(body, HEADERS["run"])).block_results()
+    assert got == expected
+
+
+def test_every_feature_of_the_issue_has_a_body():
+    """Issue 2 lists these; the matrix must keep a body for each."""
+    required = {
+        "closures",
+        "lambdas",
+        "recursion",
+        "nonlocal-in-nested-functions",
+        "classes-with-super",
+        "generators",
+        "comprehensions-with-walrus",
+        "try-except-else-finally",
+        "nested-with",
+        "loops-break-continue-else",
+        "match",
+        "starred-unpacking",
+        "del",
+        "async-def",
+        "many-locals",
+        "rebind-outer-name",
+    }
+    assert required <= set(BODIES)
+
+
+def test_bodies_compare_plain_values(load_module):
+    """What the bodies save must survive pickling, so that the cluster matrix can compare it."""
+    import pickle
+
+    for body in BODIES.values():
+        values = load_module(bodies.function_source(body)).block_results()
+        assert pickle.loads(pickle.dumps(values)) == values, body.id
+
+
+# At module level a nested function's `global n` and the block's own `n = ...` are one variable.
+MODULE_GLOBALS = {
+    "global-in-a-nested-function": (
+        """\
+        count = 0
+        def bump():
+            global count
+            count += 1
+        bump()
+        bump()
+        """,
+        ("count",),
+    ),
+    "global-in-a-method": (
+        """\
+        calls = []
+        total = 0
+        class Counter:
+            def add(self, n):
+                global total
+                total = total + n
+                calls.append(n)
+        Counter().add(2)
+        Counter().add(3)
+        """,
+        ("total", "calls"),
+    ),
+    "global-of-several-names": (
+        """\
+        hits = 0
+        def record():
+            global hits, FLAG_SET_BY_BLOCK
+            hits += 1
+            FLAG_SET_BY_BLOCK = True
+        record()
+        seen = FLAG_SET_BY_BLOCK
+        """,
+        ("hits", "seen"),
+    ),
+    "global-name-the-block-does-not-assign": (
+        """\
+        def configure():
+            global SETTING_FROM_BLOCK
+            SETTING_FROM_BLOCK = "on"
+        configure()
+        seen = SETTING_FROM_BLOCK
+        """,
+        ("seen",),
+    ),
+    "global-two-levels-down": (
+        """\
+        level = 0
+        def outer():
+            def inner():
+                global level
+                level += 10
+            inner()
+        outer()
+        """,
+        ("level",),
+    ),
+}
+
+
+@pytest.mark.parametrize(("source", "names"), MODULE_GLOBALS.values(), ids=MODULE_GLOBALS.keys())
+def test_globals_of_nested_functions_at_module_level(load_module, source, names):
+    body = bodies.Body("module-globals", textwrap.dedent(source), names)
+    expected = load_module(bodies.module_source(body)).block_results()
+    got = load_module(bodies.module_source(body, HEADERS["run"])).block_results()
+    assert got == expected
+
+
+SHADOWED = """\
+with afar.run, later:
+    count = 0
+    def outer():
+        count = 1
+        def inner():
+            global count
+            count += 1
+"""
+
+
+def test_global_under_a_function_that_shadows_the_name_is_left_alone():
+    """`nonlocal` there would reach outer's `count`, not the block's: nothing to rewrite."""
+    site = site_from_source(SHADOWED)
+    text = wrapped_text(site)
+    analysis = analyse(site, text)
+    assert share_module_globals(site, text, analysis.assigned) == text
+
+
+def test_shared_global_keeps_line_numbers():
+    site = site_from_source(
+        "with afar.run, later:\n    n = 0\n    def f():\n        global n, other\n        n += 1\n"
+    )
+    text = wrapped_text(site)
+    shared = share_module_globals(site, text, analyse(site, text).assigned)
+    assert shared.splitlines()[3] == "        nonlocal n; global other"
+    assert len(shared.splitlines()) == len(text.splitlines())
