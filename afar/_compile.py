@@ -105,7 +105,8 @@ def block_for_source(source: str, filename: str) -> Block:
     indented = "".join("    " + line if line.strip() else line for line in lines)
     text = f"def {WRAPPER_NAME}():\n{indented}\n"
     analysis = analyse(site, text, line_offset=-1)
-    block = Block(site=site, analysis=analysis, text=source, wrapped=False)
+    shipped = share_module_globals(site, source, analysis.assigned)  # a cell is module level
+    block = Block(site=site, analysis=analysis, text=shipped, wrapped=False)
     with _blocks_lock:
         _cells[(filename, source)] = block
         while len(_cells) > BLOCK_CACHE_SIZE:
