@@ -69,6 +69,7 @@ class Block:
                 display=display,
                 label=self.label,
                 future_flags=site.future_flags,
+                secede=self.analysis.waits_on_dask,
             )
             found = self._packed[variant] = pickle.dumps(tuple(code), protocol=5)
         return found

@@ -34,6 +34,7 @@ class Analysis:
     assigned: frozenset[str]  # every name the block's own scope can bind
     last_bound: str | None  # the name saved when none is given
     final_expression: bool  # the last statement is an expression without a trailing ";"
+    waits_on_dask: bool = False  # may wait for other tasks of its cluster (see below)
 
 
 def wrapped_text(site: Site) -> str:
@@ -87,7 +88,38 @@ def analyse(site: Site, text: str, line_offset: int = 0) -> Analysis:
         assigned=frozenset(assigned),
         last_bound=last_bound_name(site.body),
         final_expression=has_final_expression(site),
+        waits_on_dask=may_wait_on_dask(site.body),
     )
+
+
+# A block that computes Dask collections or waits on Futures of its own cluster must not hold a
+# worker thread while the tasks it waits for need one (a worker with one thread would deadlock):
+# the worker then secedes from its thread pool for the block (Dask's own answer, as in
+# worker_client). Seceding costs a message to the worker's loop and, at the end, waiting for a
+# free thread, so it is done only for blocks that may wait: those whose source names Dask or
+# calls one of these methods.
+_DASK_MODULES = frozenset({"dask", "distributed", "dask_cudf", "dask_ml", "xgboost"})
+_WAITING_CALLS = frozenset(
+    {"compute", "persist", "result", "gather", "get_client", "worker_client", "wait", "Client"}
+)
+
+
+def may_wait_on_dask(body: list[ast.stmt]) -> bool:
+    """Whether the block may wait for other tasks of its cluster (see ``_WAITING_CALLS``)."""
+    for statement in body:
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Import):
+                if any(a.name.partition(".")[0] in _DASK_MODULES for a in node.names):
+                    return True
+            elif isinstance(node, ast.ImportFrom):
+                if (node.module or "").partition(".")[0] in _DASK_MODULES:
+                    return True
+            elif isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name in _WAITING_CALLS:
+                    return True
+    return False
 
 
 def _function_table(site: Site, text: str, line_offset: int) -> symtable.SymbolTable:

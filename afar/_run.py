@@ -22,9 +22,11 @@ from afar._compile import Block, block_for
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
 from afar._shipping import ensure_runtime
 from afar._stream import OutputRouter, Sink, report_failure, router_for
-from afar._worker import BLOCK_FUNCTION_PREFIX, run_here
+from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, run_here
 from afar.errors import ClientError, LocationError
 
+# File names of afar's worker functions as tracebacks from workers show them (by-value code).
+_WORKER_FILENAMES = frozenset({RUNTIME_FILENAME, "<dynamic-code>"})
 # How long afar.get waits at a time, so that Ctrl-C is handled promptly (issue: cancellation).
 WAIT_SLICE_SECONDS = 0.1
 _UNRESOLVED = object()
@@ -557,7 +559,9 @@ def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
                 return body.result(timeout=WAIT_SLICE_SECONDS)
             except TimeoutError:
                 if body.done():
-                    raise  # the block itself raised TimeoutError
+                    # Finished, but fetching took longer than a slice (or the block itself
+                    # raised TimeoutError, which result() raises again).
+                    return body.result()
                 waited += WAIT_SLICE_SECONDS
                 if timeout is not None and waited >= timeout:
                     body.cancel()
@@ -604,11 +608,21 @@ def _shown_from_block(error: BaseException, skipped: BaseException | None) -> Ba
     tb = error.__traceback__
     while tb is not None and not tb.tb_frame.f_code.co_name.startswith(BLOCK_FUNCTION_PREFIX):
         tb = tb.tb_next
-    if tb is not None:
+    if tb is not None or _raised_by_afar_on_the_worker(error):
         error = error.with_traceback(tb)
     if error.__context__ is None or error.__context__ is skipped:
         error.__suppress_context__ = True
     return error
+
+
+def _raised_by_afar_on_the_worker(error: BaseException) -> bool:
+    """afar's own errors on the worker (a saved name not assigned) say all in their message."""
+    tb = error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename in _WORKER_FILENAMES:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _cause(error: BaseException) -> BaseException | None:

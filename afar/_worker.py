@@ -60,6 +60,7 @@ class BlockCode(NamedTuple):
     display: bool  # the last statement is an expression whose value is displayed
     label: str  # "file.py:12", for messages
     future_flags: int
+    secede: bool = False  # leave the worker's thread pool while running (it may wait on Dask)
 
 
 class Runtime(WorkerPlugin):
@@ -226,6 +227,7 @@ def run_block(
         from distributed import get_worker
 
         capturing = capture_output(topic, str(get_worker().get_current_task()), block.label)
+    seceded = block.secede and _secede()
     with capturing as emitter:
         try:
             scope = function(**seeds)
@@ -241,6 +243,11 @@ def run_block(
             raise ModuleNotFoundError(message, name=error.name).with_traceback(
                 error.__traceback__.tb_next if error.__traceback__ else None
             ) from None
+        finally:
+            if seceded:
+                from distributed import rejoin
+
+                rejoin()
         shown = scope.pop(DISPLAY_NAME, None)
         if emitter is not None and shown is not None:
             emitter.send(DISPLAY, mimebundle(shown))
@@ -250,6 +257,17 @@ def run_block(
         if missing:
             raise missing_name(missing[0], block.label)
     return values
+
+
+def _secede() -> bool:
+    """Leave the worker's thread pool, so that tasks the block waits for can run."""
+    from distributed import secede
+
+    try:
+        secede()
+    except (ValueError, KeyError):  # not in a worker's task thread
+        return False
+    return True
 
 
 def run_here(
