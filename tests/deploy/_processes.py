@@ -8,8 +8,8 @@ Every wait is bounded by a named timeout and fails with a message saying what di
 
 from __future__ import annotations
 
-import atexit
 import contextlib
+import gc
 import importlib.util
 import inspect
 import itertools
@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from distributed import Client, Security
-
 from _tls import TLSFiles
+from distributed import Client, Security
 
 LOOPBACK = "127.0.0.1"
 # Any free port; the scheduler reports the one it got in its scheduler file.
@@ -47,7 +46,7 @@ CLIENT_TIMEOUT = 10.0
 CLIENT_CLOSE_TIMEOUT = 10.0
 # Seconds between two looks at something another process does.
 POLL_INTERVAL = 0.05
-LOG_TAIL_LINES = 40
+LOG_TAIL_LINES = 60
 
 # Every process a Deployment starts carries this variable, and so do the processes those start
 # (a nanny's worker): it is how leftovers are found, even ones that outlived their parent.
@@ -55,10 +54,27 @@ TAG_VARIABLE = "AFAR_DEPLOY_TEST_TAG"
 SESSION_TAG = uuid.uuid4().hex
 _deployment_numbers = itertools.count()
 
-# Run by `dask worker --preload` in the process that runs tasks (also when a nanny starts it, which
-# a bootstrap script in front of the CLI would not reach): `import afar` then raises
-# ModuleNotFoundError, as on a worker where afar is not installed.
+# Run by `--preload` in the scheduler, or in the worker process that runs tasks (also when a nanny
+# starts it, which a bootstrap script in front of the CLI would not reach): `import afar` then
+# raises ModuleNotFoundError, as where afar is not installed.
 BLOCK_AFAR_PRELOAD = "import sys; sys.modules['afar'] = None  # afar is not installed here"
+
+# Run by every process the harness starts (by a nanny, not by its worker, whose stdin is not the
+# harness's): if the test process dies without stopping it, say killed by a CI timeout, the other
+# end of stdin closes and the process kills itself. No SIGTERM: a worker that gets it while its
+# scheduler closes can hang (see Deployment.close). A nanny's worker exits with its nanny.
+ORPHAN_WATCHDOG_PRELOAD = """
+import os, signal, threading
+
+def _die_with_the_test_process():
+    # The file descriptor, not sys.stdin: a daemon thread holding the lock of sys.stdin makes
+    # the interpreter wait a second at exit, then abort ("could not acquire lock").
+    while os.read(0, 1024):
+        pass  # end of file: the test process is gone
+    os.kill(os.getpid(), signal.SIGKILL)
+
+threading.Thread(target=_die_with_the_test_process, name="orphan-watchdog", daemon=True).start()
+"""
 
 
 class ProcessExitedError(RuntimeError):
@@ -94,6 +110,31 @@ def wait_until(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} did not happen within {timeout} s.{details()}")
         time.sleep(POLL_INTERVAL)
+
+
+def connection_failure(
+    address: str, *, security: Security | None = None, timeout: float = CLIENT_TIMEOUT
+) -> Exception:
+    """Connect a client that must fail to connect; return what it raised.
+
+    A Client whose constructor raised is freed by the cyclic garbage collector, and its
+    `__del__` closes it. Collected in the thread of a new Client that is starting, that
+    deadlocks: distributed's LoopRunner holds a class-wide lock while it starts its thread, and
+    closing takes that lock too. So the half-built client is collected here, at once.
+    """
+    try:
+        client = Client(address, security=security, timeout=timeout, set_as_default=False)
+    except Exception as error:
+        failure = error
+    else:
+        client.close(timeout=CLIENT_CLOSE_TIMEOUT)
+        raise AssertionError(f"A client connected to {address} with security={security}.")
+    cause: BaseException | None = failure
+    while cause is not None:
+        cause.__traceback__ = None  # its frames hold the half-built client
+        cause = cause.__cause__ or cause.__context__
+    gc.collect()
+    return failure
 
 
 def tagged_processes(tag: str) -> list[psutil.Process]:
@@ -160,7 +201,7 @@ class DaskProcess:
             # these processes in order, instead of every process at once.
             self.popen = subprocess.Popen(
                 args,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,  # see ORPHAN_WATCHDOG_PRELOAD
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=directory,
@@ -306,7 +347,6 @@ class Deployment:
         self.tls: TLSFiles | None = None
         self._clients: list[Client] = []
         self._admin: Client | None = None
-        _open_deployments.add(self)
 
     def __enter__(self) -> Deployment:
         return self
@@ -362,6 +402,7 @@ class Deployment:
         ]
         if tls is not None:
             args += ["--protocol", "tls", *tls.cli_args()]
+        args += ["--preload", ORPHAN_WATCHDOG_PRELOAD]
         if not afar_installed:
             args += ["--preload", BLOCK_AFAR_PRELOAD]
         args += extra_args
@@ -400,6 +441,8 @@ class Deployment:
                 # A worker that cannot reach the scheduler exits instead of retrying forever.
                 *("--death-timeout", str(timeout)),
                 "--nanny" if spec.nanny else "--no-nanny",
+                "--preload-nanny" if spec.nanny else "--preload",
+                ORPHAN_WATCHDOG_PRELOAD,
             ]
             if spec.resources:
                 args += ["--resources", " ".join(f"{k}={v}" for k, v in spec.resources.items())]
@@ -437,6 +480,10 @@ class Deployment:
 
     def registered_workers(self) -> dict[str, str]:
         """Worker name → address, as the scheduler knows them now."""
+        return {name: address for name, (address, _) in self._registered().items()}
+
+    def _registered(self) -> dict[str, tuple[str, str | None]]:
+        """Worker name → (address, nanny address or None)."""
         if self._admin is None:
             assert self.scheduler is not None
             # Not the default client: tests' own clients are.
@@ -451,7 +498,9 @@ class Deployment:
         if "n_workers" in inspect.signature(self._admin.scheduler_info).parameters:
             kwargs["n_workers"] = -1
         workers = self._admin.scheduler_info(**kwargs)["workers"]
-        return {str(info["name"]): address for address, info in workers.items()}
+        return {
+            str(info["name"]): (address, info.get("nanny")) for address, info in workers.items()
+        }
 
     def _wait_registered(
         self,
@@ -461,25 +510,46 @@ class Deployment:
         what: str,
         previous: Mapping[str, str] | None = None,
     ) -> None:
-        """Wait until each worker is registered (at an address other than `previous`)."""
+        """Wait until each worker is registered (at an address other than `previous`).
+
+        With a nanny, also until the nanny has finished starting: its worker registers first,
+        and a nanny whose worker dies before then gives up instead of restarting it.
+        """
         previous = previous or {}
+        deadline = time.monotonic() + timeout
+        nannies: dict[str, str] = {}
 
         def registered() -> bool:
             for worker in workers:
                 worker.check_running()
-            current = self.registered_workers()
-            addresses = {w.name: current.get(w.name) for w in workers}
-            if any(a is None or a == previous.get(n) for n, a in addresses.items()):
+            current = self._registered()
+            found = {w.name: current.get(w.name, (None, None)) for w in workers}
+            if any(a is None or a == previous.get(n) for n, (a, _) in found.items()):
                 return False
             for worker in workers:
-                worker.address = addresses[worker.name]  # type: ignore[assignment]
+                worker.address, nanny = found[worker.name]  # type: ignore[assignment]
+                if worker.spec.nanny and nanny is not None:
+                    nannies[worker.address] = nanny
             return True
+
+        def nannies_started() -> bool:
+            for worker in workers:
+                worker.check_running()
+            statuses = self._admin.run(  # type: ignore[union-attr]
+                lambda dask_worker: dask_worker.status.name,  # a Nanny, with nanny=True
+                workers=list(nannies),
+                nanny=True,
+            )
+            return all(status == "running" for status in statuses.values())
 
         def details() -> str:
             return "".join(worker.log_tail() for worker in workers)
 
         names = ", ".join(repr(worker.name) for worker in workers)
         wait_until(registered, timeout, f"Workers {names} {what}", details)
+        if nannies:
+            remaining = deadline - time.monotonic()
+            wait_until(nannies_started, remaining, f"Nannies of {names} {what}", details)
         assert self._admin is not None
         pids = self._admin.run(os.getpid, workers=[worker.address for worker in workers])
         for worker in workers:
@@ -533,18 +603,9 @@ class Deployment:
         alive = kill_processes(self.leftover_processes())
         for process in processes:
             process._wait(time.monotonic() + KILL_TIMEOUT)  # reap: no zombies
+        for process in processes:
+            process.popen.stdin.close()  # type: ignore[union-attr]
         if alive:
             errors.append(f"processes survived SIGKILL: {alive}")
-        _open_deployments.discard(self)
         if errors:
             raise RuntimeError(f"Stopping the deployment in {self.directory}: {errors}")
-
-
-_open_deployments: set[Deployment] = set()
-
-
-@atexit.register
-def _kill_leftovers() -> None:
-    """Last resort when a test run is interrupted before its fixtures are torn down."""
-    if _open_deployments:
-        kill_processes(tagged_processes(SESSION_TAG))

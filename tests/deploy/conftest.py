@@ -5,17 +5,20 @@
 - `shared_cluster` / `shared_client`: one deployment for the session with three workers (see
   `SharedCluster`), and a fresh client of it per test. Tests must not kill its processes.
 - `tls_files`, `tls_deployment` / `tls_client`: the same over TLS with one worker.
+
+Helpers that run on workers belong in the test module itself: its functions and classes travel
+by value, as from a user's script, while other modules' travel by reference.
 """
 
 from __future__ import annotations
 
+import contextlib
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import psutil
 import pytest
-from distributed import Client
-
 from _processes import (
     SESSION_TAG,
     Deployment,
@@ -26,14 +29,15 @@ from _processes import (
     tagged_processes,
 )
 from _tls import TLSFiles, make_tls_files
+from distributed import Client
 
 
 @dataclass(frozen=True)
 class SharedCluster:
-    """The session's deployment: afar is installed on `cpu` and `gpu` only.
+    """The session's deployment. afar is installed on the `cpu` and `gpu` workers only.
 
-    The scheduler has no afar either: it unpickles the task graphs it receives, so it must cope
-    as a worker without afar does.
+    Neither `no_afar` nor the scheduler has it: the scheduler unpickles the task graphs it
+    receives, so what afar sends must do without afar there as on a worker.
     """
 
     deployment: Deployment
@@ -53,7 +57,10 @@ def _no_orphan_processes() -> Iterator[None]:
     yield
     orphans = tagged_processes(SESSION_TAG)
     if orphans:
-        descriptions = [f"{p.pid}: {' '.join(p.cmdline())}" for p in orphans]
+        descriptions = []
+        for orphan in orphans:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                descriptions.append(f"{orphan.pid}: {' '.join(orphan.cmdline())}")
         kill_processes(orphans)
         pytest.fail(f"Processes left running by the deployment fixtures: {descriptions}")
 

@@ -6,16 +6,27 @@ import importlib.util
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from concurrent.futures import CancelledError
+from pathlib import Path
 
 import psutil
 import pytest
-from distributed import Client, Event, KilledWorker, Security, get_worker
-from distributed.comm import CommClosedError, get_address_host_port
-
-from _processes import LOOPBACK, WORKER_START_TIMEOUT, WorkerSpec, wait_until
+from _processes import (
+    KILL_TIMEOUT,
+    LOOPBACK,
+    WORKER_START_TIMEOUT,
+    WorkerSpec,
+    connection_failure,
+    kill_processes,
+    tagged_processes,
+    wait_until,
+)
 from _tls import make_tls_files
+from distributed import Event, KilledWorker, Security, get_worker
+from distributed.comm import CommClosedError, get_address_host_port
 
 # Seconds; bounds of what these tests wait for.
 TASK_TIMEOUT = 10.0
@@ -29,8 +40,29 @@ RECONNECT_TIMEOUT = 2.0
 WORKER_EXIT_TIMEOUT = 10.0
 # Bounds a connection that the scheduler refuses (which it does at once).
 REFUSED_CONNECT_TIMEOUT = 3.0
+# A process writes a line to its log right after the event it reports.
+LOG_TIMEOUT = 5.0
 # Time on top of a timeout for the failure to reach the test, on a loaded machine.
 SLACK = 5.0
+
+# Orphans kill themselves as soon as the test process is gone.
+ORPHAN_EXIT_TIMEOUT = 10.0
+
+HARNESS_DIRECTORY = Path(__file__).parent
+# A test process that starts a deployment, and dies (killed by the test) without stopping it.
+ORPHANING_SCRIPT = """
+import sys
+from pathlib import Path
+
+sys.path.insert(0, {harness!r})
+from _processes import Deployment, WorkerSpec
+
+deployment = Deployment(Path({directory!r}))
+deployment.start_scheduler()
+deployment.start_workers(WorkerSpec("worker"), WorkerSpec("nannied", nanny=True))
+print(deployment.tag, flush=True)
+sys.stdin.read()
+"""
 
 STARTED_EVENT = "task-started"
 RELEASE_EVENT = "task-released"
@@ -59,6 +91,10 @@ def _config_value(key: str) -> object:
 def _block_until_released() -> None:
     Event(STARTED_EVENT).set()
     Event(RELEASE_EVENT).wait(timeout=BLOCKED_TASK_TIMEOUT)
+
+
+def _wait_for_log(process, text):
+    wait_until(lambda: text in process.log(), LOG_TIMEOUT, f"{process} logging {text!r}")
 
 
 def test_submitted_functions_run_in_the_worker_processes(shared_cluster, shared_client):
@@ -103,9 +139,15 @@ def test_processes_listen_on_loopback_only(shared_cluster):
 
 def test_killed_worker_fails_its_task_when_no_retry_is_allowed(deployment):
     deployment.start_scheduler(config={"distributed.scheduler.allowed-failures": 0})
-    victim, survivor = deployment.start_workers(WorkerSpec("victim"), WorkerSpec("survivor"))
+    victim, survivor = deployment.start_workers(
+        WorkerSpec("victim"),
+        WorkerSpec("survivor", config={"distributed.comm.timeouts.connect": "2s"}),
+    )
     client = deployment.client()
     assert client.run_on_scheduler(_config_value, "distributed.scheduler.allowed-failures") == 0
+    connect_timeouts = client.run(_config_value, "distributed.comm.timeouts.connect")
+    assert connect_timeouts[survivor.address] == "2s"
+    assert connect_timeouts[victim.address] != "2s"
 
     future = client.submit(_block_until_released, workers=[victim.address], pure=False)
     assert Event(STARTED_EVENT, client=client).wait(timeout=TASK_TIMEOUT)
@@ -121,6 +163,8 @@ def test_nanny_restarts_a_killed_worker_and_close_leaves_no_process(deployment):
     deployment.start_scheduler()
     worker = deployment.start_worker("nannied", nanny=True)
     assert worker.pid != worker.popen.pid  # the nanny's child runs the tasks
+    running = {process.pid for process in deployment.leftover_processes()}
+    assert {deployment.scheduler.popen.pid, worker.popen.pid, worker.pid} <= running
     old_address, old_pid = worker.address, worker.pid
 
     worker.kill()
@@ -133,6 +177,35 @@ def test_nanny_restarts_a_killed_worker_and_close_leaves_no_process(deployment):
     deployment.close()
     assert client.status == "closed"
     assert deployment.leftover_processes() == []
+
+
+def test_processes_die_with_the_test_process(tmp_path):
+    script = ORPHANING_SCRIPT.format(harness=str(HARNESS_DIRECTORY), directory=str(tmp_path))
+    with (tmp_path / "test-process.log").open("wb") as log:
+        test_process = subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+    tag = ""
+    try:
+        # Bounded by the start timeouts of the harness in the test process.
+        tag = test_process.stdout.readline().decode().strip()
+        assert tag, (tmp_path / "test-process.log").read_text()
+        # The scheduler, the worker, the nanny, its worker (and multiprocessing's resource
+        # tracker, which the nanny starts).
+        assert len(tagged_processes(tag)) >= 4
+        test_process.kill()
+        test_process.wait(timeout=KILL_TIMEOUT)
+        wait_until(lambda: not tagged_processes(tag), ORPHAN_EXIT_TIMEOUT, "Orphans exiting")
+    finally:
+        test_process.kill()
+        test_process.wait(timeout=KILL_TIMEOUT)
+        test_process.stdin.close()
+        test_process.stdout.close()
+        if tag:
+            kill_processes(tagged_processes(tag))
 
 
 def test_client_fails_fast_when_the_scheduler_is_gone(deployment):
@@ -160,13 +233,15 @@ def test_tls_deployment_runs_tasks(tls_deployment, tls_client):
 
 
 def test_client_without_security_cannot_connect_over_tls(tls_deployment):
-    with pytest.raises(TypeError, match="TLS expects a `ssl_context` argument"):
-        Client(tls_deployment.scheduler.address, timeout=REFUSED_CONNECT_TIMEOUT)
+    failure = connection_failure(tls_deployment.scheduler.address, timeout=REFUSED_CONNECT_TIMEOUT)
+    assert isinstance(failure, TypeError)
+    assert "TLS expects a `ssl_context` argument" in str(failure)
 
 
 def test_scheduler_refuses_a_connection_without_certificate(tls_deployment, tls_files):
     # distributed.Security cannot express "trust the CA, show no certificate": use ssl directly.
-    host, port = get_address_host_port(tls_deployment.scheduler.address)
+    scheduler = tls_deployment.scheduler
+    host, port = get_address_host_port(scheduler.address)
     context = ssl.create_default_context(cafile=str(tls_files.ca_file))
     with (
         socket.create_connection((host, port), timeout=REFUSED_CONNECT_TIMEOUT) as raw,
@@ -175,6 +250,7 @@ def test_scheduler_refuses_a_connection_without_certificate(tls_deployment, tls_
     ):
         # TLS 1.3 ends the client's handshake before the server checks the client.
         connection.recv(1)
+    _wait_for_log(scheduler, "PEER_DID_NOT_RETURN_A_CERTIFICATE")
 
 
 def test_client_with_a_certificate_from_another_ca_is_refused(tls_deployment, tls_files, tmp_path):
@@ -186,7 +262,10 @@ def test_client_with_a_certificate_from_another_ca_is_refused(tls_deployment, tl
         require_encryption=True,
     )
     start = time.monotonic()
-    # Fatal at the first attempt: no retries until the timeout.
-    with pytest.raises(CommClosedError, match="SSL"):
-        Client(tls_deployment.scheduler.address, security=security, timeout=REFUSED_CONNECT_TIMEOUT)
+    failure = connection_failure(
+        tls_deployment.scheduler.address, security=security, timeout=REFUSED_CONNECT_TIMEOUT
+    )
+    # Refused at the first attempt: "SSLEOFError" or "Stream is closed", as the race goes.
+    assert isinstance(failure, CommClosedError)
     assert time.monotonic() - start < REFUSED_CONNECT_TIMEOUT
+    _wait_for_log(tls_deployment.scheduler, "CERTIFICATE_VERIFY_FAILED")
