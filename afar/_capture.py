@@ -214,6 +214,18 @@ _IGNORED_OPNAMES = frozenset(
     }
 )
 _JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
+# Python 3.12+ chooses among these by a flow analysis of the whole function (is the local surely
+# bound here?) and 3.13 fuses neighbours into superinstructions: the same lines compile to other
+# ones when code elsewhere in the function differs (pytest's assertion rewriting). Compare them
+# as the plain loads and stores of each local.
+_FAST_VARIANTS = {
+    "LOAD_FAST_CHECK": ("LOAD_FAST",),
+    "LOAD_FAST_BORROW": ("LOAD_FAST",),
+    "LOAD_FAST_LOAD_FAST": ("LOAD_FAST", "LOAD_FAST"),
+    "LOAD_FAST_BORROW_LOAD_FAST_BORROW": ("LOAD_FAST", "LOAD_FAST"),
+    "STORE_FAST_LOAD_FAST": ("STORE_FAST", "LOAD_FAST"),
+    "STORE_FAST_STORE_FAST": ("STORE_FAST", "STORE_FAST"),
+}
 # pytest rewrites the assert statements of test modules, whose globals then hold this name: the
 # running code of an assert line differs from its source by design, so those lines are skipped.
 PYTEST_REWRITE_MARKER = "@pytest_ar"
@@ -278,6 +290,12 @@ def signature(
             continue
         name = instruction.opname
         if name in _IGNORED_OPNAMES or _returns_none(instructions, index):
+            continue
+        parts = _FAST_VARIANTS.get(name)
+        if parts is not None:
+            argval = instruction.argval
+            for part, local in zip(parts, argval if isinstance(argval, tuple) else (argval,)):
+                tokens[(line, part, repr(local))] += 1
             continue
         if instruction.opcode in _JUMPS:
             tokens[(line, name)] += 1

@@ -50,9 +50,21 @@ class Block:
         first, last = self.site.body_first_line, self.site.body_last_line
         return "".join(self.site.lines[first - 1 : last])
 
-    def packed(self, seeds: tuple[str, ...], saved: tuple[str, ...], single: bool, display: bool):
-        """The pickled ``BlockCode`` for this variant; the same bytes every time it is asked."""
-        variant = (seeds, saved, single, display)
+    def packed(
+        self,
+        seeds: tuple[str, ...],
+        saved: tuple[str, ...],
+        single: bool,
+        display: bool,
+        secede: bool | None = None,
+    ) -> bytes:
+        """The pickled ``BlockCode`` for this variant; the same bytes every time it is asked.
+
+        ``secede`` None: secede if the analysis found that the block may wait on Dask.
+        """
+        if secede is None:
+            secede = self.analysis.waits_on_dask
+        variant = (seeds, saved, single, display, secede)
         found = self._packed.get(variant)
         if found is None:
             site = self.site
@@ -69,7 +81,7 @@ class Block:
                 display=display,
                 label=self.label,
                 future_flags=site.future_flags,
-                secede=self.analysis.waits_on_dask,
+                secede=secede,
             )
             found = self._packed[variant] = pickle.dumps(tuple(code), protocol=5)
         return found

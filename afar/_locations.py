@@ -67,14 +67,21 @@ class Location:
         client: Any = None,
         quiet: bool = False,
         submit_options: dict[str, Any] | None = None,
+        secede: bool | None = None,
     ) -> None:
         self.where = where
         self.client = client
         self.quiet = quiet
+        self.secede = secede
         self.submit_options = dict(submit_options or {})
 
     def __call__(
-        self, client: Any = None, *, quiet: bool = False, **submit_options: Any
+        self,
+        client: Any = None,
+        *,
+        quiet: bool = False,
+        secede: bool | None = None,
+        **submit_options: Any,
     ) -> Location:
         """A location like this one with a client and options for ``client.submit``.
 
@@ -85,6 +92,11 @@ class Location:
         quiet : bool
             Do not capture the block's output (it still reaches the workers' own streams), and
             so send nothing of it through the scheduler.
+        secede : bool, optional
+            Leave the worker's thread pool while the block runs, so that tasks it waits for
+            can run (``distributed.secede``). By default afar secedes for blocks whose source
+            computes Dask collections or waits on Futures; pass True for a block that does so
+            only through functions it calls.
         **submit_options
             Passed to ``client.submit`` for the block's task.
         """
@@ -108,7 +120,9 @@ class Location:
                 "submits to Dask"
             )
         options = {**self.submit_options, **submit_options}
-        return type(self)(self.where, client if client is not None else self.client, quiet, options)
+        chosen_client = client if client is not None else self.client
+        chosen_secede = secede if secede is not None else self.secede
+        return type(self)(self.where, chosen_client, quiet, options, chosen_secede)
 
     def __enter__(self) -> None:
         raise SkipBody(self)
@@ -126,6 +140,7 @@ class Location:
         details = [f"client={self.client!r}"] if self.client is not None else []
         details += [f"{k}={v!r}" for k, v in self.submit_options.items()]
         details += ["quiet=True"] if self.quiet else []
+        details += [f"secede={self.secede}"] if self.secede is not None else []
         return f"{self.where.value}({', '.join(details)})" if details else self.where.value
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import contextvars
 import keyword
 import sys
@@ -20,10 +21,10 @@ from afar import _remote
 from afar._bind import CO_OPTIMIZED, bind
 from afar._compile import Block, block_for
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
-from afar._shipping import ensure_runtime
+from afar._shipping import culprits, ensure_runtime
 from afar._stream import OutputRouter, Sink, report_failure, router_for
 from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, run_here
-from afar.errors import ClientError, LocationError
+from afar.errors import ClientError, LocationError, NotPicklableError
 
 # File names of afar's worker functions as tracebacks from workers show them (by-value code).
 _WORKER_FILENAMES = frozenset({RUNTIME_FILENAME, "<dynamic-code>"})
@@ -326,7 +327,8 @@ class Run:
         payload = _remote.pickle_inputs(plain, block.label)
         strict = not self._returns_futures
         single = self._returns_futures and len(entry.saved) == 1
-        packed = block.packed(_seeds(entry, values), entry.saved, single, display)
+        seeds = _seeds(entry, values)
+        packed = block.packed(seeds, entry.saved, single, display, location.secede)
         key = _remote.new_key(block)
         topic = None
         router = None
@@ -337,8 +339,7 @@ class Run:
             sink = _cell_sink(block.label)
             if sink is not None:
                 router.register(key, sink)
-            else:
-                router = None  # output without a registered sink goes to the default sink
+            # else the default sink; the router still forgets the block when it finishes
         body = _remote.submit_block(
             client, block, packed, payload, futures, topic, strict, location.submit_options, key
         )
@@ -546,22 +547,21 @@ def _bind_results(entry: _Entry, results: Mapping[str, Any]) -> None:
 
 
 def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
-    """Wait for an afar.get block in short slices (Ctrl-C cancels it), then return its values.
+    """Wait for an afar.get block in short slices (Ctrl-C cancels it), then fetch its values.
 
-    ``Future.result`` waits and fetches in one trip through the client's event loop.
+    The wait is on an event set when the Future finishes, and the fetch one ``result()``
+    without a timeout: ``result(timeout=)`` polled every slice would leave a fetch behind on the
+    client's loop at each slice (all fetching the result once it is ready), and raises
+    ``asyncio.TimeoutError``, not ``TimeoutError``, on Python 3.10 (bpo-42413).
     """
     __tracebackhide__ = True
     timeout = entry.run.timeout if isinstance(entry.run, Get) else None
+    finished = threading.Event()
+    body.add_done_callback(lambda _: finished.set())
     waited = 0.0
     try:
-        while True:
-            try:
-                return body.result(timeout=WAIT_SLICE_SECONDS)
-            except TimeoutError:
-                if body.done():
-                    # Finished, but fetching took longer than a slice (or the block itself
-                    # raised TimeoutError, which result() raises again).
-                    return body.result()
+        with _waiting_indicator(entry.block.label):  # in a notebook: "running on the cluster"
+            while not finished.wait(WAIT_SLICE_SECONDS):
                 waited += WAIT_SLICE_SECONDS
                 if timeout is not None and waited >= timeout:
                     body.cancel()
@@ -569,9 +569,38 @@ def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
                         f"the block at {entry.block.label} did not finish within {timeout} s; "
                         "it was cancelled"
                     ) from None
+        try:
+            return body.result()
+        except TypeError as error:
+            if body.status != "finished":
+                raise  # the block itself raised TypeError
+            raise _not_picklable_back(body, entry.block.label, error) from error
     except KeyboardInterrupt:
         body.cancel()
         raise
+
+
+# Seconds to find which saved value could not be sent back (one small task, failure path only).
+CULPRIT_TIMEOUT_SECONDS = 30
+
+
+def _not_picklable_back(body: Future, label: str, error: TypeError) -> BaseException:
+    """The block finished but its values could not be sent back: name the one that cannot."""
+    function, argument = culprits.task(body)
+    # Dask runs it where the body's result is (its only dependency): nothing is transferred.
+    culprit = body.client.submit(function, argument, pure=False)
+    try:
+        found = culprit.result(timeout=CULPRIT_TIMEOUT_SECONDS)
+    except Exception:
+        return error
+    if not found:
+        return error
+    name, kind, reason = found[0]
+    return NotPicklableError(
+        f"the block at {label} saved {name!r}, a {kind} that cannot be pickled to bring it back "
+        f"to the client ({reason}). Save something picklable made from it, or keep it on the "
+        "cluster with afar.run (it stays a Future there)"
+    )
 
 
 def _failure_text(body: Future, inputs: Mapping[str, list[Future]]) -> str:
@@ -597,6 +626,16 @@ def _cell_sink(label: str) -> Sink | None:
     from afar._display import sink_for_block
 
     return sink_for_block(label)
+
+
+def _waiting_indicator(label: str) -> contextlib.AbstractContextManager[None]:
+    """In a Jupyter kernel, the cell shows while afar.get waits that the block runs remotely."""
+    ipython = sys.modules.get("IPython")  # afar never imports IPython itself
+    if ipython is None or ipython.get_ipython() is None:
+        return contextlib.nullcontext()
+    from afar._display import waiting_indicator
+
+    return waiting_indicator(label)
 
 
 def _shown_from_block(error: BaseException, skipped: BaseException | None) -> BaseException:

@@ -51,8 +51,10 @@ class Shipped:
 
 run_block = Shipped(_worker.run_block, ("packed", "payload", "futures", "topic", "strict"))
 pick = Shipped(_worker.pick, ("values", "which"))
+culprits = Shipped(_worker.unpicklable_names, ("values",))
+_SHIPPED = (run_block, pick, culprits)
 _RUNTIME_NAME = (
-    "afar-runtime-" + hashlib.sha256((run_block.digest + pick.digest).encode()).hexdigest()[:16]
+    "afar-runtime-" + hashlib.sha256("".join(s.digest for s in _SHIPPED).encode()).hexdigest()[:16]
 )
 
 _registered: set[tuple[str, str]] = set()
@@ -69,7 +71,7 @@ def ensure_runtime(client: Any) -> Awaitable[Any] | None:
         if identity in _registered:
             return None
         _registered.add(identity)
-    plugin = _worker.Runtime({s.digest: s.function for s in (run_block, pick)})
+    plugin = _worker.Runtime({s.digest: s.function for s in _SHIPPED})
     try:
         outcome = client.register_plugin(plugin, name=_RUNTIME_NAME)
     except BaseException:

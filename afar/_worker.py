@@ -186,6 +186,22 @@ def pick(values: dict[str, Any], which: bytes) -> Any:
     return values[name]
 
 
+def unpicklable_names(values: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Culprit task: the saved names whose values cannot be pickled, as (name, type, reason).
+
+    Runs where the block's result lives, only after sending the result back has failed.
+    """
+    import cloudpickle
+
+    found = []
+    for name, value in values.items():
+        try:
+            cloudpickle.dumps(value, protocol=5)
+        except Exception as error:
+            found.append((name, type(value).__qualname__, f"{type(error).__name__}: {error}"))
+    return found
+
+
 def load_inputs(payload: bytes, label: str) -> dict[str, Any]:
     """Unpickle the variables the block reads; say which module the worker lacks."""
     if not payload:
