@@ -239,11 +239,18 @@ def check_running_code(frame: types.FrameType, text: str, site: Site) -> None:
         # top-level await, for instance): nothing to compare with.
         return
     code = frame.f_code
-    fresh = module if code.co_name == "<module>" else find_code(module, code)
     first, last = site.node.lineno, site.body_last_line
     skipped = _assert_lines(site) if PYTEST_REWRITE_MARKER in frame.f_globals else frozenset()
-    if fresh is None or (
-        signature(fresh, first, last, skipped) != signature(code, first, last, skipped)
+    candidates = [module if code.co_name == "<module>" else find_code(module, code)]
+    if code.co_name == "<module>":
+        # IPython compiles a cell one top-level statement at a time, and a with statement
+        # compiles differently when code follows it (3.11+: a jump over its exit handling;
+        # 3.10: that handling inlined): compare with the statement compiled alone too.
+        candidates.append(_statement_alone(text, site))
+    running = signature(code, first, last, skipped)
+    if not any(
+        fresh is not None and signature(fresh, first, last, skipped) == running
+        for fresh in candidates
     ):
         raise SourceError(
             f"{site.filename}, line {site.node.lineno}: the source of this block is not the "
@@ -251,6 +258,16 @@ def check_running_code(frame: types.FrameType, text: str, site: Site) -> None:
             "other text under this file name). afar does not run code it cannot see: restart "
             "the process or re-import the module so that the source matches."
         )
+
+
+def _statement_alone(text: str, site: Site) -> types.CodeType | None:
+    """The top-level statement holding the with statement, compiled as a module of its own."""
+    tree = _parse(text, site.filename, site.future_flags)
+    for statement in tree.body:
+        if statement.lineno <= site.node.lineno <= (statement.end_lineno or statement.lineno):
+            alone = ast.Module(body=[statement], type_ignores=[])
+            return compile(alone, site.filename, "exec", flags=site.future_flags, dont_inherit=True)
+    return None
 
 
 def find_code(module: types.CodeType, target: types.CodeType) -> types.CodeType | None:

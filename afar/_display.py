@@ -7,20 +7,23 @@ context still names the cell that created the ``Client``; and it may arrive afte
 ran the block has finished. So, for each block, ``sink_for_block`` (called by the core when it
 submits the block, in the thread running the ``with``) returns a ``CellSink`` that:
 
-- while the block's cell runs, writes to ``sys.stdout``/``sys.stderr`` and displays results as
-  a ``print``/``display`` in that cell would: ordinary stream and display outputs of the cell.
+- while the block's cell runs, writes to ``sys.stdout``/``sys.stderr`` and displays values as a
+  ``print``/``display`` in that cell would: ordinary stream and display outputs of the cell.
   Each call runs in an empty ``contextvars.Context``, where ipykernel falls back to the parent
-  of the request executing now, which is the block's cell (checked under a lock that the cell's
-  ``post_run_cell`` hook takes too, so the answer cannot change halfway);
-- after the cell has finished, updates one display of that cell, created empty by the cell's
-  ``post_run_cell`` hook for its blocks still running, and shared by them. A display update names
-  its display id, and front ends (and nbclient) apply it to every output with that id, whichever
-  cell is running when it arrives. An update sent while no cell runs is lost by nbclient; it
+  of the request executing now: the block's cell;
+- once the cell has finished, updates one display of that cell, which the cell's
+  ``post_run_cell`` hook (it runs before the kernel replies, so its outputs are the cell's)
+  creates empty for the blocks still running then, and which they share. An update names its
+  display id, and front ends (and nbclient) apply it to every output with that id, whichever
+  cell runs when it arrives. An update sent while no cell runs is dropped by nbclient; it
   carries the whole text, so it is sent again when the next cell starts.
 
-Costs: a block that finishes while its cell runs adds nothing but its own output. A cell whose
-blocks are still running when it ends gets one empty display (``{"data": {}}`` in the saved
-notebook; front ends draw nothing for it). Output arriving after the last cell of a headless run
+A lock shared with the cell hooks keeps a write from straddling the switch between the two.
+
+Costs: a block that finishes while its cell runs (the core calls ``CellSink.close`` when its
+Future is done) adds only its own output. A cell whose blocks are still running when it ends
+gets one empty display (``{"data": {}}`` in the saved notebook, which front ends draw as
+nothing), whatever the number of blocks. Output arriving after the last cell of a headless run
 has finished cannot be saved: nothing listens any more.
 
 The final expression of a block is shown with ``display(bundle, raw=True)``, a display_data
@@ -39,7 +42,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from afar._output import STDERR, STDOUT
@@ -92,10 +95,12 @@ def _stream(name: str) -> Any:
 class _Cell:
     """One run of a cell: the sinks of the blocks it submitted that are still open."""
 
-    __slots__ = ("sinks",)
+    __slots__ = ("assumed", "sinks")
 
-    def __init__(self) -> None:
+    def __init__(self, assumed: bool = False) -> None:
         self.sinks: set[CellSink] = set()
+        # Made when afar started following the shell, supposing that a cell was running.
+        self.assumed = assumed
 
 
 class _Tracker:
@@ -105,7 +110,7 @@ class _Tracker:
         # Reentrant: a display update flushes the streams, which may come back to a sink.
         self.lock = threading.RLock()
         # The cells running now, innermost last (a cell may run another with run_cell).
-        self.cells: list[_Cell] = [_Cell()] if running else []
+        self.cells: list[_Cell] = [_Cell(assumed=True)] if running else []
         self.stale: set[_LateOutput] = set()
         shell.events.register("pre_run_cell", self.pre_run_cell)
         shell.events.register("post_run_cell", self.post_run_cell)
@@ -116,6 +121,9 @@ class _Tracker:
 
     def pre_run_cell(self, *args: Any) -> None:
         with self.lock:
+            # A cell supposed to run when afar began to follow the shell, and still here, was
+            # none (the first block came from, say, a widget's callback): forget it.
+            self.cells = [cell for cell in self.cells if not cell.assumed]
             self.cells.append(_Cell())
             stale, self.stale = self.stale, set()
             for late in stale:
@@ -362,13 +370,14 @@ class _Indicator:
         self.lock = threading.Lock()
         self.handle: Any = None
         self.stopped = False
+        self.since = time.strftime("%H:%M:%S")
         # The waiting cell's context: the indicator is the cell's output, shown from a timer.
         self.context = contextvars.copy_context()
         self.timer = threading.Timer(INDICATOR_DELAY_SECONDS, self.show)
         self.timer.daemon = True
 
     def bundle(self) -> dict[str, str]:
-        since = time.strftime("%H:%M:%S")
+        since = self.since
         label = html.escape(self.label)
         return {
             "text/plain": f"{NOTICE_PREFIX}{self.label} running on the cluster (since {since})",
@@ -377,6 +386,13 @@ class _Indicator:
                 f"cluster (since {since})&hellip;</span>"
             ),
         }
+
+    def __enter__(self) -> _Indicator:
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def show(self) -> None:
         with self.lock:
@@ -392,8 +408,7 @@ class _Indicator:
                 self.handle.update(EMPTY_BUNDLE, raw=True)
 
 
-@contextlib.contextmanager
-def waiting_indicator(label: str) -> Iterator[None]:
+def waiting_indicator(label: str) -> contextlib.AbstractContextManager[Any]:
     """Show, while the body waits, that the block ``label`` runs on the cluster (in Jupyter).
 
     The indicator appears once the wait has lasted ``INDICATOR_DELAY_SECONDS``, in the cell
@@ -407,11 +422,5 @@ def waiting_indicator(label: str) -> Iterator[None]:
     ...     values = future.result()
     """
     if _kernel_shell() is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    indicator = _Indicator(label)
-    indicator.timer.start()
-    try:
-        yield
-    finally:
-        indicator.stop()
+        return contextlib.nullcontext()
+    return _Indicator(label)

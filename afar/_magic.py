@@ -139,6 +139,8 @@ def parse_line(
 
     while index < len(tokens):
         token = tokens[index].group()
+        if token.startswith("#") and not expression:
+            break  # a comment ends the line of a cell magic
         if token == "--":
             if expression:
                 return found, line[tokens[index].end() :].strip()
@@ -364,19 +366,21 @@ def _help(name: str, baked: Settings, options: tuple[_Option, ...]) -> str:
     lines = [
         "Run a cell, or evaluate an expression, on a Dask worker (afar).",
         "",
-        f"    %%{name} [options] [names]",
-        "        Runs the cell as the body of `with afar.run, remotely:` would run. Binds the",
-        "        names given (comma- or space-separated), by default the last name the cell",
-        f"        assigns, as {mode}. The value of a final expression is shown, computed",
-        "        on the worker (end the line with ';' to hide it).",
+        f"%%{name} [options] [names]",
+        "    Runs the cell as the body of `with afar.run, remotely:`. Binds the names given",
+        "    (comma- or space-separated), by default the last name the cell assigns, as",
+        f"    {mode}. A final expression's value is shown, its representation computed on the",
+        "    worker (end the line with ';' to hide it).",
         "",
-        f"    result = %{name} [options] expression",
-        f"        Evaluates the expression there; returns it as {single}.",
+        f"result = %{name} [options] expression",
+        f"    Evaluates the expression there and returns it as {single}. Put -- before an",
+        "    expression that starts with '-'.",
         "",
     ]
     if options:
         lines.append("Options (each upper-case word is the name of a variable of the notebook):")
-        lines += [f"    {option.spelled():<28} {option.help}" for option in options]
+        for option in options:
+            lines += [f"    {option.spelled()}", f"        {option.help}"]
         lines.append("")
     fixed = [
         f"{field}={getattr(baked, field)!r}"
@@ -385,12 +389,11 @@ def _help(name: str, baked: Settings, options: tuple[_Option, ...]) -> str:
     ]
     if fixed:
         lines += [f"Fixed by afar.new_magic: {', '.join(fixed)}", ""]
-    lines += ["Examples:", f"    %%{name} total", "    total = sum(range(10))", ""]
     flags = {option.long for option in options}
-    get_flag = " -g" if "get" in flags else ""
-    lines.append(f"    twice = %{name}{get_flag} total * 2")
+    lines += ["Examples:", f"    %%{name} total", "    total = sum(range(10))", ""]
+    lines.append(f"    twice = %{name}{' -g' if 'get' in flags else ''} total * 2")
     if "where" in flags:
-        lines.append(f"    %%{name} -w locally        (run here, to debug)")
+        lines += ["", "    To debug, run it here:", f"    %%{name} -w locally", "    total = 45"]
     return "\n".join(lines)
 
 

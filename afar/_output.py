@@ -93,7 +93,7 @@ MAX_BLOCK_CHARS = 4_000_000
 # stack (each forwards to the stream it replaced). Bump _ROUTER_VERSION whenever `_Router` or the
 # capture methods it calls (`record`, `teeing`) change.
 _ROOT_NAME = "_afar_output"
-_ROUTER_VERSION = 1
+_ROUTER_VERSION = 2
 _STATE_ATTR = f"v{_ROUTER_VERSION}"
 # Attribute every afar router of any version has: the stream it replaced. Installation follows it
 # to tell whether its router is still in the chain below a router of another version.
@@ -143,6 +143,7 @@ def capture_output(
     *,
     quiet: bool = False,
     max_chars: int = MAX_BLOCK_CHARS,
+    client_streams: tuple[Any, ...] | None = None,
 ) -> contextlib.AbstractContextManager[Emitter]:
     """Stream what the current thread writes to sys.stdout/sys.stderr to a client, live.
 
@@ -163,6 +164,10 @@ def capture_output(
         Capture and send nothing.
     max_chars
         Characters of text sent at most; later output is dropped with a notice.
+    client_streams
+        ``stream_identity()`` of the client: a worker stream that is the very file of the
+        client's stream (a LocalCluster's workers inherit the terminal or the notebook kernel's
+        pipes) is not written to as well, or the client would show every line twice.
 
     Examples
     --------
@@ -179,7 +184,38 @@ def capture_output(
         # On the event loop thread (an async task) capture would take everything the worker's
         # loop writes, and the batching timer would run on the thread being captured.
         return _NULL_CONTEXT
-    return _Capture(worker, topic, block, label, max_chars)
+    unechoed = shared_streams(client_streams) if client_streams else frozenset()
+    return _Capture(worker, topic, block, label, max_chars, unechoed)
+
+
+def stream_identity() -> tuple[Any, ...]:
+    """(host, stdout's file, stderr's file) of this process: files as (device, inode) or None."""
+    import socket
+
+    return (socket.gethostname(), _file_identity(1), _file_identity(2))
+
+
+def shared_streams(client_streams: Any) -> frozenset[str]:
+    """The streams (STDOUT, STDERR) this process shares with a client of ``stream_identity``."""
+    try:
+        host, stdout, stderr = client_streams
+        mine = stream_identity()
+    except (TypeError, ValueError):
+        return frozenset()
+    if host != mine[0]:
+        return frozenset()
+    pairs = ((STDOUT, stdout, mine[1]), (STDERR, stderr, mine[2]))
+    return frozenset(name for name, theirs, ours in pairs if theirs and list(theirs) == ours)
+
+
+def _file_identity(descriptor: int) -> list[int] | None:
+    import os
+
+    try:
+        status = os.fstat(descriptor)
+    except OSError:
+        return None
+    return [status.st_dev, status.st_ino]
 
 
 class _Capture(Emitter):
@@ -208,9 +244,20 @@ class _Capture(Emitter):
         "_topic",
         "_worker",
         "teeing",
+        "unechoed",
     )
 
-    def __init__(self, worker: Any, topic: str, block: str, label: str, max_chars: int) -> None:
+    def __init__(
+        self,
+        worker: Any,
+        topic: str,
+        block: str,
+        label: str,
+        max_chars: int,
+        unechoed: frozenset[str] = frozenset(),
+    ) -> None:
+        # Streams not written to on the worker: they are the client's own (see capture_output).
+        self.unechoed = unechoed
         self._worker = worker
         self._topic = topic
         self._block = block
@@ -439,6 +486,11 @@ class _Router:
         inner = self._afar_inner
         if capture is None or capture.teeing:
             return _write(inner, text)
+        if self._afar_stream in capture.unechoed:
+            if not isinstance(text, str):
+                raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+            capture.record(self._afar_stream, text)
+            return len(text)
         capture.teeing = True
         try:
             written = _write(inner, text)

@@ -109,13 +109,13 @@ def submit_block(
     packed: bytes,
     payload: bytes,
     futures: dict[str, Any],
-    topic: str | None,
+    stream: tuple[str, Any] | None,
     strict: bool,
     options: Mapping[str, Any],
     key: str,
 ) -> Future:
     """The body task (one per block). No round trip: the client batches what it sends."""
-    function, argument = run_block.task(packed, payload, futures, topic, strict)
+    function, argument = run_block.task(packed, payload, futures, stream, strict)
     try:
         return client.submit(function, argument, key=key, pure=False, **options)
     except TypeError as error:

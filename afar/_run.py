@@ -21,13 +21,16 @@ from afar import _remote
 from afar._bind import CO_OPTIMIZED, bind
 from afar._compile import Block, block_for
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
+from afar._output import STDERR, stream_identity
 from afar._shipping import culprits, ensure_runtime
-from afar._stream import OutputRouter, Sink, report_failure, router_for
+from afar._stream import OutputRouter, Sink, failure_report, report_failure, router_for
 from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, run_here
 from afar.errors import ClientError, LocationError, NotPicklableError
 
 # File names of afar's worker functions as tracebacks from workers show them (by-value code).
 _WORKER_FILENAMES = frozenset({RUNTIME_FILENAME, "<dynamic-code>"})
+# This process's stdout and stderr files: a worker that shares them does not echo there.
+_CLIENT_STREAMS = stream_identity()
 # How long afar.get waits at a time, so that Ctrl-C is handled promptly (issue: cancellation).
 WAIT_SLICE_SECONDS = 0.1
 _UNRESOLVED = object()
@@ -330,20 +333,21 @@ class Run:
         seeds = _seeds(entry, values)
         packed = block.packed(seeds, entry.saved, single, display, location.secede)
         key = _remote.new_key(block)
-        topic = None
+        stream = None
         router = None
+        sink = None
         if not location.quiet:
             # Subscribing (once per client) goes out before the block: no output is missed.
             router = router_for(client)
-            topic = router.topic
+            stream = (router.topic, _CLIENT_STREAMS)
             sink = _cell_sink(block.label)
             if sink is not None:
                 router.register(key, sink)
             # else the default sink; the router still forgets the block when it finishes
         body = _remote.submit_block(
-            client, block, packed, payload, futures, topic, strict, location.submit_options, key
+            client, block, packed, payload, futures, stream, strict, location.submit_options, key
         )
-        self._track(entry, body, futures, router)
+        self._track(entry, body, futures, router, sink)
         if self._returns_futures:
             if single:
                 named = {entry.saved[0]: body}
@@ -358,6 +362,7 @@ class Run:
         body: Future,
         inputs: Mapping[str, Any],
         router: OutputRouter | None,
+        sink: Sink | None = None,
     ) -> None:
         """Hold the body's Future until it finishes: a block runs even if nobody keeps a name.
 
@@ -376,7 +381,15 @@ class Run:
             if router is not None:
                 router.unregister(future.key)
             if report and future.status == "error":
-                report_failure(label, _failure_text(future, input_futures))
+                text = _failure_text(future, input_futures)
+                if sink is not None:
+                    # In a notebook: in the block's cell, not in whichever cell runs now.
+                    sink.write(STDERR, failure_report(label, text))
+                else:
+                    report_failure(label, text)
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()  # the block is over: its cell needs no display for late output
 
         body.add_done_callback(done)
 

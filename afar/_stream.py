@@ -43,6 +43,7 @@ __all__ = [
     "DefaultSink",
     "OutputRouter",
     "Sink",
+    "failure_report",
     "print_plain",
     "report_failure",
     "restart_notice",
@@ -130,10 +131,15 @@ def report_failure(label: str, text: str) -> None:
     [afar] script.py:12 failed:
     [afar]   ZeroDivisionError: division by zero
     """
+    sys.stderr.write(failure_report(label, text))
+    sys.stderr.flush()
+
+
+def failure_report(label: str, text: str) -> str:
+    """The text ``report_failure`` prints: each line prefixed, the first naming the block."""
     lines = [f"{NOTICE_PREFIX}{label} failed:"]
     lines += [f"{NOTICE_PREFIX}  {line}" for line in text.rstrip("\n").splitlines()]
-    sys.stderr.write("\n".join(lines) + "\n")
-    sys.stderr.flush()
+    return "\n".join(lines) + "\n"
 
 
 def _limit_notice(label: str, data: dict[str, Any]) -> str:

@@ -219,15 +219,20 @@ def load_inputs(payload: bytes, label: str) -> dict[str, Any]:
 
 
 def run_block(
-    packed: bytes, payload: bytes, futures: dict[str, Any], topic: str | None, strict: bool
+    packed: bytes,
+    payload: bytes,
+    futures: dict[str, Any],
+    stream: tuple[str, Any] | None,
+    strict: bool,
 ) -> Any:
     """The body task: bind the inputs, run the block, stream its output, return its names.
 
     ``packed`` is the pickled ``BlockCode``; ``payload`` the pickled plain variables the block
     reads, ``futures`` those that held Dask Futures (resolved by Dask). Those named by
     ``block.seeds`` are passed as parameters: the block may read them before assigning them.
-    ``topic`` is where output goes (None: not captured). With ``strict``, every saved name must
-    have been assigned (``afar.get``); otherwise missing ones are left out (getter tasks raise).
+    ``stream`` is ``(topic, the client's stream identity)`` for output (None: not captured).
+    With ``strict``, every saved name must have been assigned (``afar.get``); otherwise missing
+    ones are left out (getter tasks raise).
 
     Everything happens in this one frame, so that a traceback shows one frame of afar's (which
     the client's Dask hides, see ``RUNTIME_FILENAME``) above the user's lines.
@@ -237,12 +242,14 @@ def run_block(
     namespace.update(futures)
     seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}
     function = new_function(code, namespace)
-    if topic is None:
+    if stream is None:
         capturing: Any = contextlib.nullcontext(None)
     else:
         from distributed import get_worker
 
-        capturing = capture_output(topic, str(get_worker().get_current_task()), block.label)
+        topic, client_streams = stream
+        key = str(get_worker().get_current_task())
+        capturing = capture_output(topic, key, block.label, client_streams=client_streams)
     seceded = block.secede and _secede()
     with capturing as emitter:
         try:

@@ -492,8 +492,9 @@ def test_workers_need_no_afar(client: Client) -> None:
 
 def test_two_router_versions_share_a_worker(client: Client) -> None:
     source = Path(afar._output.__file__).read_text()
-    assert "\n_ROUTER_VERSION = 1\n" in source
-    other = source.replace("\n_ROUTER_VERSION = 1\n", "\n_ROUTER_VERSION = 1_000\n")
+    version = f"\n_ROUTER_VERSION = {afar._output._ROUTER_VERSION}\n"
+    assert version in source
+    other = source.replace(version, "\n_ROUTER_VERSION = 1_000\n")
     rounds = 4
     router = router_for(client)
     keys = [f"afar-test-{uuid.uuid4().hex}" for _ in range(2 * rounds)]
