@@ -1,0 +1,246 @@
+"""examples/afar-in-jupyter.ipynb executed headless in a real Jupyter kernel: what the saved
+notebook keeps, cell by cell.
+
+The kernel runs ``sys.executable`` from a kernel spec this test writes in a temporary
+``JUPYTER_PATH``, with a temporary IPython directory: nothing of the machine's own Jupyter set-up
+is used, so it runs the same on a fresh CI machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+kernelspec = pytest.importorskip("ipykernel.kernelspec")
+pytest.importorskip("pandas")
+
+import afar  # noqa: E402
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "afar-in-jupyter.ipynb"
+PACKAGE_ROOT = str(Path(afar.__file__).resolve().parents[1])
+KERNEL_NAME = "afar-test-python"
+# Bounds of the run: each cell, the kernel's start, and the whole notebook.
+CELL_TIMEOUT_SECONDS = 60
+STARTUP_TIMEOUT_SECONDS = 60
+NOTEBOOK_BUDGET_SECONDS = 90
+INDICATOR_TEXT = "running on the cluster"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+pytestmark = pytest.mark.slow
+
+
+class RecordingClient(nbclient.NotebookClient):
+    """Executes a notebook and records every output message with the cell running then."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.received: list[tuple[int, str, dict[str, Any]]] = []
+
+    def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
+        self.received.append((cell_index, msg["msg_type"], msg["content"]))
+        return super().process_message(msg, cell, cell_index)
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, RecordingClient, float]:
+    """The example notebook, executed once for the module, in a kernel for sys.executable."""
+    home = tmp_path_factory.mktemp("jupyter")
+    kernelspec.write_kernel_spec(
+        str(home / "kernels" / KERNEL_NAME),
+        overrides={
+            "display_name": "afar test kernel",
+            "argv": [
+                sys.executable,
+                "-m",
+                "ipykernel_launcher",
+                "-f",
+                "{connection_file}",
+                # The LocalCluster's worker processes share the kernel's standard output and
+                # error, which ipykernel would forward, as they are written at the level of
+                # file descriptors, to whichever cell runs: their logs, and what Dask's own
+                # print() copies there. Not afar's output, which this test follows.
+                "--IPKernelApp.capture_fd_output=False",
+            ],
+        },
+    )
+    python_path = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    client = RecordingClient(
+        notebook,
+        kernel_name=KERNEL_NAME,
+        timeout=CELL_TIMEOUT_SECONDS,
+        startup_timeout=STARTUP_TIMEOUT_SECONDS,
+        resources={"metadata": {"path": str(home)}},  # the kernel's working directory
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUPYTER_PATH", str(home))
+        patch.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
+        patch.setenv("IPYTHONDIR", str(home / "ipython"))
+        patch.setenv("PYTHONPATH", python_path)
+        started = time.monotonic()
+        client.execute()
+        elapsed = time.monotonic() - started
+    nbformat.write(notebook, home / "executed.ipynb")  # for a look when a test fails
+    return notebook, client, elapsed
+
+
+def code_cell(notebook: Any, snippet: str) -> tuple[int, Any]:
+    """The index and the code cell whose source contains ``snippet``."""
+    found = [
+        (index, cell)
+        for index, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code" and snippet in cell.source
+    ]
+    assert len(found) == 1, f"{len(found)} cells contain {snippet!r}"
+    return found[0]
+
+
+def shown_text(cell: Any) -> str:
+    """Everything a cell's saved outputs show as text: streams, plain text, errors."""
+    parts = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type in ("display_data", "execute_result"):
+            parts.extend(str(value) for value in output.data.values())
+        elif output.output_type == "error":
+            parts.append(ANSI_ESCAPE.sub("", "\n".join(output.traceback)))
+    return "\n".join(parts)
+
+
+def test_the_notebook_runs_within_its_budget(executed):
+    notebook, _, elapsed = executed
+    nbformat.validate(notebook)
+    assert elapsed < NOTEBOOK_BUDGET_SECONDS
+
+
+def test_only_the_failing_cell_has_an_error(executed):
+    notebook, _, _ = executed
+    failed = [
+        cell.source
+        for cell in notebook.cells
+        if cell.cell_type == "code" and any(o.output_type == "error" for o in cell.outputs)
+    ]
+    assert len(failed) == 1
+    assert "ratio = 1 / 0" in failed[0]
+
+
+def test_a_block_in_a_cell(executed):
+    notebook, _, _ = executed
+    _, cell = code_cell(notebook, "worker_pid = os.getpid()")
+    results = [o for o in cell.outputs if o.output_type == "execute_result"]
+    assert [o.data["text/plain"] for o in results] == ["True"]
+
+
+def test_a_dataframe_shows_as_html_computed_on_the_worker(executed):
+    notebook, _, _ = executed
+    _, cell = code_cell(notebook, "df.assign(total=df.x + df.y)")
+    (shown,) = [o for o in cell.outputs if o.output_type == "display_data" and o.data]
+    assert "<table" in shown.data["text/html"]
+    assert "total" in shown.data["text/html"]
+    assert "total" in shown.data["text/plain"]
+
+
+def test_markdown_shows_as_markdown(executed):
+    notebook, _, _ = executed
+    _, cell = code_cell(notebook, 'Markdown("**computed** on a worker")')
+    (shown,) = [o for o in cell.outputs if o.output_type == "display_data" and o.data]
+    assert shown.data["text/markdown"] == "**computed** on a worker"
+
+
+def test_afar_get_shows_a_transient_indicator_while_it_waits(executed):
+    notebook, client, _ = executed
+    index, _ = code_cell(notebook, 'Markdown("**computed** on a worker")')
+    shown = [
+        content
+        for cell_index, kind, content in client.received
+        if cell_index == index
+        and kind == "display_data"
+        and INDICATOR_TEXT in content["data"].get("text/plain", "")
+    ]
+    assert len(shown) == 1, "the indicator was not shown while afar.get waited"
+    display_id = shown[0]["transient"]["display_id"]
+    emptied = [
+        content
+        for _, kind, content in client.received
+        if kind == "update_display_data" and content["transient"]["display_id"] == display_id
+    ]
+    assert [content["data"] for content in emptied] == [{}]
+    saved = [cell.outputs for cell in notebook.cells if cell.cell_type == "code"]
+    assert INDICATOR_TEXT not in json.dumps(saved)
+
+
+def test_cell_and_line_magics(executed):
+    notebook, _, _ = executed
+    _, cell = code_cell(notebook, "twice = %afar -g total * 2")
+    (result,) = [o for o in cell.outputs if o.output_type == "execute_result"]
+    assert result.data["text/plain"] == "(12, 9, 3)"
+
+
+def test_a_magic_made_with_new_magic(executed):
+    notebook, _, _ = executed
+    _, cell = code_cell(notebook, "%%with_retries")
+    assert "hello from" in shown_text(cell)
+    assert "total=6" in shown_text(cell)
+
+
+def test_printed_lines_land_in_the_cell_of_their_block(executed):
+    notebook, client, _ = executed
+    _, cell = code_cell(notebook, 'print("started on a worker")')
+    later_index, later = code_cell(notebook, "status.result(timeout=60)")
+    text = shown_text(cell)
+    assert "started on a worker" in text
+    assert "finished, two seconds later" in text
+    assert text.index("started on a worker") < text.index("finished, two seconds later")
+    assert "finished" not in shown_text(later)
+    assert "'done'" in shown_text(later)
+    # The second line arrived while the later cell was still running, and went to the block's.
+    assert any(
+        cell_index == later_index
+        and kind == "update_display_data"
+        and "finished, two seconds later" in json.dumps(content)
+        for cell_index, kind, content in client.received
+    )
+
+
+def test_afar_get_error_is_raised_in_its_cell(executed):
+    notebook, _, _ = executed
+    _, cell = code_cell(notebook, "ratio = 1 / 0")
+    (error,) = [o for o in cell.outputs if o.output_type == "error"]
+    assert error.ename == "ZeroDivisionError"
+    assert "ratio = 1 / 0" in shown_text(cell)
+
+
+def test_unwatched_failure_is_reported_in_the_cell_of_its_block(executed):
+    notebook, _, _ = executed
+    _, cell = code_cell(notebook, "result = undefined_name + 1")
+    _, later = code_cell(notebook, "wait(result, timeout=60)")
+    text = shown_text(cell)
+    assert "[afar]" in text
+    assert "NameError" in text
+    assert "undefined_name" in text
+    assert "NameError" not in shown_text(later)
+
+
+def test_time_and_timeit_cells_with_a_block(executed):
+    notebook, _, _ = executed
+    _, timed = code_cell(notebook, "%%time\n")
+    assert "285" in shown_text(timed)
+    assert "Wall time" in shown_text(timed)
+    _, timeit = code_cell(notebook, "%%timeit")
+    assert "per loop" in shown_text(timeit)
+
+
+def test_cells_whose_blocks_finished_get_no_placeholder(executed):
+    notebook, _, _ = executed
+    _, cell = code_cell(notebook, "%%time\n")
+    assert [o for o in cell.outputs if o.output_type == "display_data"] == []
