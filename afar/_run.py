@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import asyncio
 import builtins
 import contextlib
 import contextvars
@@ -31,8 +32,6 @@ from afar.errors import ClientError, LocationError, NotPicklableError
 _WORKER_FILENAMES = frozenset({RUNTIME_FILENAME, "<dynamic-code>"})
 # This process's stdout and stderr files: a worker that shares them does not echo there.
 _CLIENT_STREAMS = stream_identity()
-# How long afar.get waits at a time, so that Ctrl-C is handled promptly (issue: cancellation).
-WAIT_SLICE_SECONDS = 0.1
 _UNRESOLVED = object()
 _RIGHT_SPELLING = "with afar.run, remotely:\n        ..."
 
@@ -560,34 +559,30 @@ def _bind_results(entry: _Entry, results: Mapping[str, Any]) -> None:
 
 
 def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
-    """Wait for an afar.get block in short slices (Ctrl-C cancels it), then fetch its values.
+    """Wait for an afar.get block and fetch its values, in one trip through the client's loop.
 
-    The wait is on an event set when the Future finishes, and the fetch one ``result()``
-    without a timeout: ``result(timeout=)`` polled every slice would leave a fetch behind on the
-    client's loop at each slice (all fetching the result once it is ready), and raises
-    ``asyncio.TimeoutError``, not ``TimeoutError``, on Python 3.10 (bpo-42413).
+    Ctrl-C (KeyboardInterrupt) cancels the block: the wait is on a lock, which a signal
+    interrupts at once. With ``timeout=``, the block is cancelled when it has not finished by
+    then (Python 3.10's ``result`` raises ``asyncio.TimeoutError`` there, bpo-42413).
     """
     __tracebackhide__ = True
     timeout = entry.run.timeout if isinstance(entry.run, Get) else None
-    finished = threading.Event()
-    body.add_done_callback(lambda _: finished.set())
-    waited = 0.0
     try:
         with _waiting_indicator(entry.block.label):  # in a notebook: "running on the cluster"
-            while not finished.wait(WAIT_SLICE_SECONDS):
-                waited += WAIT_SLICE_SECONDS
-                if timeout is not None and waited >= timeout:
-                    body.cancel()
-                    raise TimeoutError(
-                        f"the block at {entry.block.label} did not finish within {timeout} s; "
-                        "it was cancelled"
-                    ) from None
-        try:
-            return body.result()
-        except TypeError as error:
-            if body.status != "finished":
-                raise  # the block itself raised TypeError
-            raise _not_picklable_back(body, entry.block.label, error) from error
+            try:
+                return body.result(timeout=timeout)
+            except (TimeoutError, asyncio.TimeoutError):
+                if body.done():
+                    raise  # the block itself raised it
+                body.cancel()
+                raise TimeoutError(
+                    f"the block at {entry.block.label} did not finish within {timeout} s; "
+                    "it was cancelled"
+                ) from None
+            except TypeError as error:
+                if body.status != "finished":
+                    raise  # the block itself raised TypeError
+                raise _not_picklable_back(body, entry.block.label, error) from error
     except KeyboardInterrupt:
         body.cancel()
         raise
