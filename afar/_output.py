@@ -229,6 +229,7 @@ class _Capture(Emitter):
         "_dropped_chars",
         "_dropped_lines",
         "_header",
+        "_held",
         "_ident",
         "_label",
         "_last",
@@ -274,6 +275,7 @@ class _Capture(Emitter):
         self._header: dict[str, Any] | None = None
         self._seq = 0
         self._timer_armed = False
+        self._held = False  # the last timer held back an unfinished line
         self._closed = False
         self._broken = False
         # Set by a router while it writes to the stream it replaced, so that a router of this
@@ -386,9 +388,44 @@ class _Capture(Emitter):
             self._timer_armed = False
             if self._pending and not self._broken:
                 try:
-                    self._flush_locked(from_loop=True)
+                    tail = self._unfinished_line_locked()
+                    if self._pending:
+                        self._flush_locked(from_loop=True)
+                    if tail is not None:
+                        self._append_locked(*tail)
+                        self._timer_armed = True
+                        self._arm_timer()  # on the loop already
                 except Exception:
                     self._break_locked()
+
+    def _unfinished_line_locked(self) -> tuple[str, str] | None:
+        """Take the batch's unfinished last line out of it, to send at the next tick.
+
+        print() writes its text and then its newline: a batch cut between the two would split
+        the line, and a console that shows several blocks (the client's default sink) could put
+        another block's text in the middle of it. A line is held back for one tick only: one
+        still unfinished then (a progress indicator) is sent as it is.
+        """
+        texts = [data for kind, data in self._pending if kind in TEXT_KINDS]
+        if self._held and not any("\n" in part for parts in texts for part in parts):
+            self._held = False  # the line held back last time is still unfinished: send it
+            return None
+        last = self._pending[-1]
+        if last[0] not in TEXT_KINDS:
+            self._held = False
+            return None
+        text = "".join(last[1])
+        head, newline, tail = text.rpartition("\n")
+        self._held = bool(tail)
+        if not tail:
+            return None
+        if newline:
+            last[1] = [head + newline]
+        else:
+            self._pending.pop()
+            if not self._pending:
+                self._pending, self._last, self._pending_chars = [], None, 0
+        return last[0], tail
 
     def _flush_locked(self, *, from_loop: bool, keep_tail: bool = False) -> None:
         pending, self._pending, self._last, self._pending_chars = self._pending, [], None, 0

@@ -571,9 +571,16 @@ def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
         with _waiting_indicator(entry.block.label):  # in a notebook: "running on the cluster"
             try:
                 return body.result(timeout=timeout)
-            except (TimeoutError, asyncio.TimeoutError):
-                if body.done():
+            except (TimeoutError, asyncio.TimeoutError) as error:
+                if body.status == "error":
                     raise  # the block itself raised it
+                if body.status == "finished":
+                    # In time; fetching its values is what took too long (a builtin TimeoutError
+                    # on 3.10 too, where Dask raises asyncio's).
+                    raise TimeoutError(
+                        f"the block at {entry.block.label} finished, but its values did not "
+                        f"arrive within {timeout} s"
+                    ) from error
                 body.cancel()
                 raise TimeoutError(
                     f"the block at {entry.block.label} did not finish within {timeout} s; "

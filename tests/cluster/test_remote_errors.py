@@ -1,0 +1,141 @@
+"""Errors raised in a block on a worker come back as themselves, pointing at the block (issue 2).
+
+``afar.get`` raises at the ``with``; ``afar.run`` on ``.result()``. The traceback shows this
+file's name, the exact lines of the block and their source, and at most one frame of afar.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+
+import pytest
+from _remote_helpers import RESULT_TIMEOUT, label, lineno
+
+import afar
+from afar import remotely
+
+AFAR_DIR = str(Path(afar.__file__).parent)
+THIS_FILE = str(Path(__file__))
+THIS_SOURCE = Path(__file__).read_text().splitlines()
+# Frames of what afar runs on the worker carry file names such as "<afar runtime>".
+AFAR_WORKER_FILENAME_PREFIX = "<afar"
+
+
+def line_marked(mark: str) -> int:
+    """The number of the one line of this file whose comment ends with ``mark``."""
+    found = [
+        number
+        for number, text in enumerate(THIS_SOURCE, 1)
+        if "#" in text and text.rstrip().endswith(mark) and "line_marked" not in text
+    ]
+    assert len(found) == 1, f"mark {mark!r} found on lines {found}"
+    return found[0]
+
+
+def afar_frames(error: BaseException) -> list[traceback.FrameSummary]:
+    return [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if frame.filename.startswith((AFAR_DIR, AFAR_WORKER_FILENAME_PREFIX))
+    ]
+
+
+def block_frames(error: BaseException) -> list[traceback.FrameSummary]:
+    """Frames of this file below the test function itself: the block and what it calls here."""
+    return [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if frame.filename == THIS_FILE and not frame.name.startswith("test_")
+    ]
+
+
+def assert_shows_block_line(error: BaseException, line: int, with_line: int) -> None:
+    """The formatted traceback names this file, the line, and shows that line's source."""
+    text = "".join(traceback.format_exception(error))
+    source = THIS_SOURCE[line - 1].strip()
+    shown = f'File "{THIS_FILE}", line {line}, in <afar block {label(__file__, with_line)}>'
+    assert shown in text, text
+    after = text.split(shown, 1)[1].splitlines()[1].strip()
+    assert after == source, text
+
+
+def test_get_raises_the_original_exception_at_the_with(client):
+    with pytest.raises(ZeroDivisionError) as raised:
+        with_line = lineno() + 1
+        with afar.get(timeout=RESULT_TIMEOUT), remotely:
+            numerator = 1
+            ratio = numerator / 0  # noqa: F841 - get: divides by zero
+    assert type(raised.value) is ZeroDivisionError
+    assert_shows_block_line(raised.value, line_marked("get: divides by zero"), with_line)
+    assert len(afar_frames(raised.value)) <= 1, traceback.format_exception(raised.value)
+
+
+def test_run_raises_the_original_exception_on_result(client):
+    with_line = lineno() + 1
+    with afar.run, remotely:
+        numerator = 1
+        ratio = numerator / 0  # run: divides by zero
+    with pytest.raises(ZeroDivisionError) as raised:
+        ratio.result(timeout=RESULT_TIMEOUT)
+    assert type(raised.value) is ZeroDivisionError
+    assert_shows_block_line(raised.value, line_marked("run: divides by zero"), with_line)
+    assert len(afar_frames(raised.value)) <= 1, traceback.format_exception(raised.value)
+
+
+def test_traceback_goes_through_functions_defined_in_the_block(client):
+    with pytest.raises(json.JSONDecodeError) as raised:
+        with_line = lineno() + 1
+        with afar.get(timeout=RESULT_TIMEOUT), remotely:
+
+            def parse(text):
+                return json.loads(text)  # parses
+
+            parsed = parse("{")  # noqa: F841 - calls parse
+    error = raised.value
+    assert (error.pos, error.doc) == (1, "{")  # the exception's own attributes came back
+    assert_shows_block_line(error, line_marked("calls parse"), with_line)
+    frames = block_frames(error)
+    assert [(frame.lineno, frame.name) for frame in frames] == [
+        (line_marked("calls parse"), f"<afar block {label(__file__, with_line)}>"),
+        (line_marked("parses"), "parse"),
+    ]
+    assert frames[1].line == "return json.loads(text)  # parses"
+    assert len(afar_frames(error)) <= 1, traceback.format_exception(error)
+
+
+def test_an_error_deep_in_a_longer_block_points_at_its_line(client):
+    with pytest.raises(KeyError) as raised:
+        with_line = lineno() + 1
+        with afar.get(timeout=RESULT_TIMEOUT), remotely:
+            table = {"a": 1}
+            total = 0
+            for key in ["a", "a", "b"]:
+                if key in table:
+                    total += table[key]
+                else:
+                    total += table[key] * 2  # missing key
+    assert raised.value.args == ("b",)
+    assert_shows_block_line(raised.value, line_marked("missing key"), with_line)
+
+
+def test_exception_chains_raised_in_the_block_come_back(client):
+    with pytest.raises(ValueError, match="wrapped") as raised:  # noqa: SIM117
+        with afar.get(timeout=RESULT_TIMEOUT), remotely:
+            try:
+                {}["inner"]
+            except KeyError as error:
+                raise ValueError("wrapped") from error
+    assert isinstance(raised.value.__cause__, KeyError)
+    assert raised.value.__cause__.args == ("inner",)
+
+
+def test_the_error_of_a_block_does_not_break_the_next_one(client):
+    for attempt in range(2):
+        with pytest.raises(RuntimeError, match=f"attempt {attempt}"):  # noqa: SIM117
+            with afar.get(timeout=RESULT_TIMEOUT), remotely:
+                raise RuntimeError(f"attempt {attempt}")
+    with afar.get(timeout=RESULT_TIMEOUT), remotely:
+        fine = "fine"
+    assert fine == "fine"
