@@ -112,10 +112,14 @@ def compile_block(block: BlockCode) -> types.CodeType:
         assert isinstance(template, ast.FunctionDef)
         function = template
         function.body = tree.body
-        first = tree.body[0]
-        function.lineno = function.end_lineno = max(first.lineno - 1, 1)
         tree.body = [function]
     body = function.body
+    # The function starts on the body's first line: tools that show a frame's source by its
+    # code's first line (stack_data in IPython's tracebacks) then show the body, not the header.
+    first = body[0]
+    starts = [first.lineno, *(d.lineno for d in getattr(first, "decorator_list", ()))]
+    function.lineno = min(starts)
+    function.col_offset = 0
     last = body[-1]
     if block.display and isinstance(last, ast.Expr):
         body[-1] = ast.copy_location(
