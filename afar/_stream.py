@@ -254,12 +254,18 @@ class OutputRouter:
         with _routers_lock:
             if _routers.get(client) is self:
                 del _routers[client]
-        from distributed.client import ClosedClientError
-
         try:
             client.unsubscribe_topic(self.topic)
-        except (ValueError, ClosedClientError):
+        except (ValueError, *_closed_client_errors()):
             pass  # not subscribed any more, or the client is closed
+
+
+def _closed_client_errors() -> tuple[type[BaseException], ...]:
+    """What unsubscribing from a closed client raises (ClosedClientError from distributed 2025)."""
+    import distributed.client
+
+    closed = getattr(distributed.client, "ClosedClientError", None)
+    return (closed,) if closed is not None else (RuntimeError,)
 
 
 def _deliver(sink: Sink, label: str, items: Iterable[Any]) -> None:
