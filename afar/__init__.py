@@ -18,6 +18,7 @@ from afar.errors import (
     ClientError,
     LocationError,
     NotPicklableError,
+    SavedNameError,
     SourceError,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "LocationError",
     "NotPicklableError",
     "Run",
+    "SavedNameError",
     "SourceError",
     "__version__",
     "get",

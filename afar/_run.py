@@ -26,7 +26,7 @@ from afar._output import STDERR, stream_identity
 from afar._shipping import culprits, ensure_runtime
 from afar._stream import OutputRouter, Sink, failure_report, report_failure, router_for
 from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, run_here
-from afar.errors import ClientError, LocationError, NotPicklableError
+from afar.errors import ClientError, LocationError, NotPicklableError, SavedNameError
 
 # File names of afar's worker functions as tracebacks from workers show them (by-value code).
 _WORKER_FILENAMES = frozenset({RUNTIME_FILENAME, "<dynamic-code>"})
@@ -209,7 +209,7 @@ class Run:
             return (analysis.last_bound,) if analysis.last_bound else ()
         never = [n for n in self.names if n not in analysis.assigned]
         if never:
-            raise LocationError(
+            raise SavedNameError(
                 f"{block.site.filename}, line {block.site.node.lineno}: the block never assigns "
                 f"{', '.join(map(repr, never))}, so afar cannot save "
                 f"{'it' if len(never) == 1 else 'them'}. Names it assigns: "

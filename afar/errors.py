@@ -8,6 +8,7 @@ __all__ = [
     "ClientError",
     "LocationError",
     "NotPicklableError",
+    "SavedNameError",
     "SourceError",
 ]
 
@@ -37,6 +38,10 @@ class BlockSyntaxError(AfarError, SyntaxError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class SavedNameError(AfarError, NameError):
+    """A name given to ``afar.run(...)``/``afar.get(...)`` that the block never assigns."""
 
 
 class NotPicklableError(AfarError, TypeError):

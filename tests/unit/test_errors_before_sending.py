@@ -325,7 +325,7 @@ AT_THE_WITH = {
                 effects.append(1)
                 y = 1
         """,
-        afar.AfarError,
+        afar.SavedNameError,
         "never assigns 'missing'.*Names it assigns: y",
         2,
     ),
