@@ -6,7 +6,7 @@ import itertools
 import os
 import pickle
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 import cloudpickle
@@ -43,16 +43,19 @@ def resolve_client(*candidates: Any) -> Any:
     return client
 
 
+def futures_in(value: Any) -> Iterator[Future]:
+    """The Futures Dask resolves on the worker in ``value``: itself, or inside containers."""
+    if isinstance(value, Future):
+        yield value
+    elif type(value) in _CONTAINERS:
+        items = value.items() if isinstance(value, dict) else value
+        for item in items:
+            yield from futures_in(item)
+
+
 def contains_future(value: Any) -> bool:
     """Whether Dask must resolve ``value`` on the worker (a Future, or one in a container)."""
-    if isinstance(value, Future):
-        return True
-    if type(value) in _CONTAINERS:
-        items = value.items() if isinstance(value, dict) else value
-        if isinstance(value, dict):
-            return any(contains_future(k) or contains_future(v) for k, v in items)
-        return any(contains_future(item) for item in items)
-    return False
+    return next(futures_in(value), None) is not None
 
 
 def split_inputs(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -372,7 +372,7 @@ class Run:
             pending.futures.add(body)
         label = entry.block.label
         report = self._returns_futures
-        input_futures = {name: _futures_in([value]) for name, value in inputs.items()}
+        input_futures = {name: list(_remote.futures_in(value)) for name, value in inputs.items()}
 
         def done(future: Future) -> None:
             with pending.lock:
@@ -684,23 +684,9 @@ def _cause(error: BaseException) -> BaseException | None:
 
 
 def _gather_locally(futures: Mapping[str, Any]) -> dict[str, Any]:
-    clients = {f.client for f in _futures_in(futures.values())}
+    clients = {f.client for value in futures.values() for f in _remote.futures_in(value)}
     client = next(iter(clients))
     return dict(zip(futures, client.gather(list(futures.values()))))
-
-
-def _futures_in(values: Any) -> list[Future]:
-    found: list[Future] = []
-    stack = list(values)
-    while stack:
-        value = stack.pop()
-        if isinstance(value, Future):
-            found.append(value)
-        elif isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, (list, tuple, set, frozenset)):
-            stack.extend(value)
-    return found
 
 
 def _captured(entry: _Entry) -> Captured:
