@@ -65,3 +65,13 @@ def bind(frame: types.FrameType, values: Mapping[str, Any]) -> None:
     snapshot = frame.f_locals
     snapshot.update(local_values)
     ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
+    # The snapshot lives as long as the frame and keeps every value it copied: a Future that
+    # the caller then deletes would stay alive, and its data on the cluster. The next read of
+    # f_locals (or locals()) fills it again from the fast slots.
+    snapshot.clear()
+
+
+def release_locals_snapshot(frame: types.FrameType) -> None:
+    """Python 3.10-3.12: empty the f_locals snapshot of a function's frame (see ``bind``)."""
+    if not WRITE_THROUGH_LOCALS and frame.f_code.co_flags & CO_OPTIMIZED:
+        frame.f_locals.clear()

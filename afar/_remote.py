@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import pickle
 import re
+import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -35,7 +37,16 @@ def resolve_client(*candidates: Any) -> Any:
                 "(from dask.distributed import Client; client = Client()) or pass it with "
                 "afar.run(client=client) or remotely(client=client)"
             ) from None
-    if getattr(client, "status", None) in ("closing", "closed"):
+    status = getattr(client, "status", None)
+    if status == "connecting" and not getattr(client, "asynchronous", False):
+        # A synchronous client connects in its constructor: "connecting" again means that it
+        # lost its scheduler and tries to reconnect (for its `timeout`), then closes.
+        raise ClientError(
+            f"the Dask client {client!r} lost the connection to its scheduler and is trying "
+            "to reconnect: the block was not sent. Check the scheduler, then run the block again "
+            "(or create a new client with Client(...))"
+        )
+    if status in ("closing", "closed"):
         raise ClientError(
             f"the Dask client {client!r} is closed: create a new one with Client(...) before "
             "running the block"
@@ -71,6 +82,15 @@ def pickle_inputs(plain: Mapping[str, Any], label: str) -> bytes:
     """Pickle the variables once; if that fails, find which one cannot be pickled and say so."""
     if not plain:
         return EMPTY_PAYLOAD
+    for name, value in plain.items():
+        # cloudpickle sends a text file open for reading as a copy of its whole contents.
+        if isinstance(value, io.IOBase) and value not in (sys.stdout, sys.stderr):
+            raise NotPicklableError(
+                f"the block at {label} reads {name!r}, an open file "
+                f"({type(value).__qualname__}): afar does not send open files. Open it inside "
+                "the block from its path (the worker must see the file), or read it here and "
+                "pass its contents"
+            )
     try:
         return cloudpickle.dumps(dict(plain), protocol=5)
     except Exception as error:
@@ -95,6 +115,14 @@ def scatter_data(client: Any, data: MutableMapping[str, Any], names: list[str]) 
         value = data[name]
         if not contains_future(value):
             data[name] = client.scatter(value, hash=False)
+
+
+async def scatter_data_async(client: Any, data: MutableMapping[str, Any], names: list[str]) -> None:
+    """``scatter_data`` for an asynchronous client."""
+    for name in names:
+        value = data[name]
+        if not contains_future(value):
+            data[name] = await client.scatter(value, hash=False)
 
 
 # Keys must be unique across the cluster: a random token per process and a counter.

@@ -7,6 +7,7 @@ import asyncio
 import builtins
 import contextlib
 import contextvars
+import inspect
 import keyword
 import sys
 import threading
@@ -19,7 +20,7 @@ from typing import Any
 from distributed import Future
 
 from afar import _remote
-from afar._bind import CO_OPTIMIZED, bind
+from afar._bind import CO_OPTIMIZED, bind, release_locals_snapshot
 from afar._compile import Block, block_for
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
 from afar._output import STDERR, stream_identity
@@ -141,7 +142,10 @@ class Run:
             if body is not None:  # afar.get: wait here, so that a traceback has one afar frame
                 _bind_results(entry, _wait_values(body, entry))
         except BaseException as error:
-            raise _shown_from_block(error, exc) from _cause(error)
+            # The client keeps the error in the Future's state: this frame, in the error's
+            # traceback, must not hold the Future, or the block stays on the scheduler for good.
+            body = None
+            raise _note_block(_shown_from_block(error, exc), entry) from _cause(error)
         return True
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
@@ -183,7 +187,8 @@ class Run:
             if body is not None:
                 _bind_results(entry, _wait_values(body, entry))
         except BaseException as error:
-            raise _shown_from_block(error, None) from _cause(error)
+            body = None  # see __exit__
+            raise _note_block(_shown_from_block(error, None), entry) from _cause(error)
         return results
 
     def cancel(self) -> None:
@@ -257,6 +262,8 @@ class Run:
             display = _interactive()
         display = display and entry.block.analysis.final_expression
         if where is Where.LOCALLY:
+            if asynchronous:
+                return self._run_locally_async(entry, values, display)
             self._run_locally(entry, values, display)
             return None
         client = _remote.resolve_client(location.client, self.client)
@@ -267,10 +274,21 @@ class Run:
             )
         return self._submit(entry, location, client, values, display, asynchronous)
 
+    async def _run_locally_async(
+        self, entry: _Entry, values: dict[str, Any], display: bool
+    ) -> None:
+        plain, futures = _remote.split_inputs(values)
+        if futures:
+            gathered = _gather_locally(futures)
+            if inspect.isawaitable(gathered):  # the Futures of an asynchronous client
+                gathered = await gathered
+            values = {**plain, **dict(zip(futures, gathered))}
+        self._run_locally(entry, values, display)
+
     def _run_locally(self, entry: _Entry, values: dict[str, Any], display: bool) -> None:
         plain, futures = _remote.split_inputs(values)
         if futures:
-            plain.update(_gather_locally(futures))
+            plain.update(zip(futures, _gather_locally(futures)))
         saved, single = entry.saved, len(entry.saved) == 1
         packed = entry.block.packed(_seeds(entry, plain), saved, single, display)
         results = run_here(packed, plain, _show if display else None)
@@ -302,12 +320,17 @@ class Run:
     ) -> None:
         if registering is not None:
             await registering
+        if self.data is not None:
+            # client.scatter is a coroutine here: scatter first, _send then finds Futures.
+            await _remote.scatter_data_async(client, self.data, _names_in(entry.block, self.data))
         body = self._send(entry, location, client, values, display)
         if not self._returns_futures:
             try:
                 results = await body
             except BaseException:
-                body.cancel()
+                cancelling = body.cancel()
+                if inspect.isawaitable(cancelling):  # an asynchronous client's cancel
+                    await cancelling
                 raise
             _bind_results(entry, results)
 
@@ -322,7 +345,7 @@ class Run:
         """Submit the body (and getters for afar.run); bind Futures; return the body's Future."""
         block = entry.block
         if self.data is not None:
-            from_data = [n for n in block.analysis.reads + block.analysis.seeds if n in self.data]
+            from_data = _names_in(block, self.data)
             _remote.scatter_data(client, self.data, from_data)
             values.update({n: self.data[n] for n in from_data})
         plain, futures = _remote.split_inputs(values)
@@ -539,11 +562,18 @@ def read_variables(entry: _Entry, data: Mapping[str, Any] | None) -> dict[str, A
             values[name] = global_names[name]
     if data is not None:
         values.update({n: data[n] for n in (*analysis.reads, *analysis.seeds) if n in data})
+    if frame is not None:
+        release_locals_snapshot(frame)
     return values
 
 
 def _is_class_body(frame: types.FrameType) -> bool:
     return frame.f_locals is not frame.f_globals and not frame.f_code.co_flags & CO_OPTIMIZED
+
+
+def _names_in(block: Block, data: Mapping[str, Any]) -> list[str]:
+    """The names the block reads that ``data`` holds."""
+    return [n for n in block.analysis.reads + block.analysis.seeds if n in data]
 
 
 def _seeds(entry: _Entry, values: Mapping[str, Any]) -> tuple[str, ...]:
@@ -669,6 +699,19 @@ def _shown_from_block(error: BaseException, skipped: BaseException | None) -> Ba
     return error
 
 
+def _note_block(error: BaseException, entry: _Entry) -> BaseException:
+    """Dask's own errors about the block (KilledWorker, a cancelled Future), made clear.
+
+    KilledWorker names only the task's key: a note names the block (Python 3.11+). Their
+    traceback runs through Dask's client code, whose frames hold the block's Future: dropped.
+    """
+    if type(error).__module__.startswith("distributed."):
+        error = error.with_traceback(None)
+        if hasattr(error, "add_note"):
+            error.add_note(f"[afar] raised for the block at {entry.block.site.where()}")
+    return error
+
+
 def _raised_by_afar_on_the_worker(error: BaseException) -> bool:
     """afar's own errors on the worker (a saved name not assigned) say all in their message."""
     tb = error.__traceback__
@@ -683,10 +726,11 @@ def _cause(error: BaseException) -> BaseException | None:
     return error.__cause__
 
 
-def _gather_locally(futures: Mapping[str, Any]) -> dict[str, Any]:
+def _gather_locally(futures: Mapping[str, Any]) -> Any:
     clients = {f.client for value in futures.values() for f in _remote.futures_in(value)}
     client = next(iter(clients))
-    return dict(zip(futures, client.gather(list(futures.values()))))
+    # A list, or an awaitable of one for an asynchronous client.
+    return client.gather(list(futures.values()))
 
 
 def _captured(entry: _Entry) -> Captured:

@@ -137,6 +137,7 @@ def compile_block(block: BlockCode) -> types.CodeType:
         kwarg=None,
         defaults=[],
     )
+    function.end_lineno = max(node.end_lineno or node.lineno for node in body)
     ast.fix_missing_locations(tree)
     module = compile(tree, block.filename, "exec", flags=block.future_flags, dont_inherit=True)
     return next(c for c in module.co_consts if isinstance(c, types.CodeType))

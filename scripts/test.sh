@@ -9,4 +9,13 @@ venv_python="$(bash "$root/scripts/setup-venv.sh" "$python" | tail -n 1)"
 cd "$root"
 "$venv_python" -m ruff check afar tests benchmarks examples
 "$venv_python" -m ruff format --check afar tests benchmarks examples
-"$venv_python" -m pytest -q -p no:cacheprovider "$@"
+if (($#)); then
+  exec "$venv_python" -m pytest -q -p no:cacheprovider "$@"
+fi
+# The deployment tests start their own scheduler and worker processes and check that no Dask
+# client other than theirs exists in the process: they run in a pytest process of their own,
+# apart from the LocalCluster of tests/cluster, which stays the default client for its session.
+status=0
+"$venv_python" -m pytest -q -p no:cacheprovider tests/unit tests/cluster tests/ipython || status=$?
+"$venv_python" -m pytest -q -p no:cacheprovider tests/deploy || status=$?
+exit $status
