@@ -137,6 +137,8 @@ class Run:
         location = self._location(entry, exc, tb)
         if location is None:
             return False
+        # Written out here, in __aexit__ and in run_source rather than shared in a helper: the
+        # frame that raises is the one afar frame a user sees above the block's own lines.
         try:
             body = self._execute(entry, location, asynchronous=False)
             if body is not None:  # afar.get: wait here, so that a traceback has one afar frame
@@ -159,7 +161,8 @@ class Run:
             if waiting is not None:
                 await waiting
         except BaseException as error:
-            raise _shown_from_block(error, exc) from _cause(error)
+            waiting = None  # see __exit__
+            raise _note_block(_shown_from_block(error, exc), entry) from _cause(error)
         return True
 
     def run_source(
