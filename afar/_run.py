@@ -8,6 +8,7 @@ import builtins
 import contextlib
 import contextvars
 import inspect
+import itertools
 import keyword
 import sys
 import threading
@@ -696,10 +697,49 @@ def _shown_from_block(error: BaseException, skipped: BaseException | None) -> Ba
     while tb is not None and not tb.tb_frame.f_code.co_name.startswith(BLOCK_FUNCTION_PREFIX):
         tb = tb.tb_next
     if tb is not None or _raised_by_afar_on_the_worker(error):
-        error = error.with_traceback(tb)
+        error = error.with_traceback(_for_ipython(tb))
     if error.__context__ is None or error.__context__ is skipped:
         error.__suppress_context__ = True
     return error
+
+
+def _for_ipython(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """In IPython, the block's frames as module-level frames, whose source IPython shows right.
+
+    The block's frames come from the worker, rebuilt by Dask (tblib) as stub frames. IPython 9
+    shows a stub frame of a cell by the source block starting at its code's first line (the
+    with statement) unless the frame is a module's, which it shows at its line: such a frame,
+    at the same file and line, replaces each of the block's own frames.
+    """
+    ipython = sys.modules.get("IPython")  # afar never imports IPython itself
+    if tb is None or ipython is None or ipython.get_ipython() is None:
+        return tb
+    frames: list[types.TracebackType] = []
+    node: types.TracebackType | None = tb
+    while node is not None:
+        code = node.tb_frame.f_code
+        if code.co_name.startswith(BLOCK_FUNCTION_PREFIX):
+            frames.append(_module_frame(code.co_filename, node.tb_lineno) or node)
+        else:
+            frames.append(node)
+        node = node.tb_next
+    for frame, following in itertools.pairwise(frames):
+        frame.tb_next = following
+    frames[-1].tb_next = None
+    return frames[0]
+
+
+def _module_frame(filename: str, lineno: int) -> types.TracebackType | None:
+    """A traceback entry of a module-level frame of ``filename`` stopped at ``lineno``."""
+    stub = compile("\n" * (lineno - 1) + "raise __afar_stub__", filename, "exec")
+    try:
+        exec(stub, {"__afar_stub__": RuntimeError()})
+    except RuntimeError as raised:
+        entry = raised.__traceback__.tb_next if raised.__traceback__ else None
+        if entry is not None:
+            entry.tb_next = None
+        return entry
+    return None
 
 
 def _note_block(error: BaseException, entry: _Entry) -> BaseException:
