@@ -182,10 +182,8 @@ class Run:
         __tracebackhide__ = True
         from afar._compile import block_for_source
 
-        block = block_for_source(source, filename)
-        saved = self._saved(block)
-        results: MutableMapping[str, Any] = self.data if self.data is not None else {}
-        entry = _Entry(self, None, block, saved, results, namespace)
+        entry = self._new_entry(block_for_source(source, filename), None, namespace)
+        results = entry.results
         try:
             body = self._execute(entry, location, asynchronous=False, display=display)
             if body is not None:
@@ -206,11 +204,16 @@ class Run:
     def _enter(self, frame: types.FrameType, asynchronous: bool) -> MutableMapping[str, Any]:
         block = block_for(frame)
         check_header(frame, block, self)
-        saved = self._saved(block)
-        results: MutableMapping[str, Any] = self.data if self.data is not None else {}
-        entry = _Entry(self, frame, block, saved, results)
+        entry = self._new_entry(block, frame, None)
         _entries.set((*_entries.get(), entry))
-        return results
+        return entry.results
+
+    def _new_entry(
+        self, block: Block, frame: types.FrameType | None, namespace: dict[str, Any] | None
+    ) -> _Entry:
+        """The state of one block: the names it saves and where its results go."""
+        results: MutableMapping[str, Any] = self.data if self.data is not None else {}
+        return _Entry(self, frame, block, self._saved(block), results, namespace)
 
     def _saved(self, block: Block) -> tuple[str, ...]:
         analysis = block.analysis
