@@ -109,20 +109,26 @@ def pickle_inputs(plain: Mapping[str, Any], label: str) -> bytes:
         ) from error
 
 
+def _unscattered(data: Mapping[str, Any], names: list[str]) -> list[str]:
+    """The names among ``names`` whose values in ``data`` are not on the cluster yet."""
+    return [name for name in names if not contains_future(data[name])]
+
+
 def scatter_data(client: Any, data: MutableMapping[str, Any], names: list[str]) -> None:
-    """Send each plain value of ``data`` the block reads to the cluster once; keep its Future."""
-    for name in names:
-        value = data[name]
-        if not contains_future(value):
-            data[name] = client.scatter(value, hash=False)
+    """Send the plain values of ``data`` the block reads to the cluster once (one round trip);
+    keep their Futures in ``data``."""
+    sending = _unscattered(data, names)
+    if sending:
+        futures = client.scatter([data[name] for name in sending], hash=False)
+        data.update(zip(sending, futures))
 
 
 async def scatter_data_async(client: Any, data: MutableMapping[str, Any], names: list[str]) -> None:
     """``scatter_data`` for an asynchronous client."""
-    for name in names:
-        value = data[name]
-        if not contains_future(value):
-            data[name] = await client.scatter(value, hash=False)
+    sending = _unscattered(data, names)
+    if sending:
+        futures = await client.scatter([data[name] for name in sending], hash=False)
+        data.update(zip(sending, futures))
 
 
 # Keys must be unique across the cluster: a random token per process and a counter.
