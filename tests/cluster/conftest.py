@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from _remote_helpers import GraphRecorder
 from distributed import Client, LocalCluster
 
 # Two workers with two threads each: blocks can share a worker, and run in another process.
@@ -25,3 +26,11 @@ def cluster():
 def client(cluster):
     with Client(cluster, set_as_default=True) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def graph_log(client):
+    """Every graph the scheduler receives while a test module runs (see GraphRecorder)."""
+    recorder = GraphRecorder(client)
+    yield recorder
+    recorder.close()

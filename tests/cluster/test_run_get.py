@@ -54,13 +54,6 @@ def here(line: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def graph_log(client):
-    recorder = GraphRecorder(client)
-    yield recorder
-    recorder.close()
-
-
-@pytest.fixture(scope="module")
 def one_worker(client):
     """A location bound to a name: every block it runs lands on the same worker process."""
     address = sorted(client.scheduler_info()["workers"])[0]

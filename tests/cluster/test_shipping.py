@@ -18,7 +18,6 @@ import pytest
 from _remote_helpers import (
     RESULT_TIMEOUT,
     CountsPickles,
-    GraphRecorder,
     RefusesPickling,
     label,
     lineno,
@@ -37,13 +36,6 @@ CLIENT_ONLY_MODULE = "afar_test_client_only_module"
 
 def here(line: int) -> str:
     return label(__file__, line)
-
-
-@pytest.fixture(scope="module")
-def graph_log(client):
-    recorder = GraphRecorder(client)
-    yield recorder
-    recorder.close()
 
 
 @pytest.fixture
