@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import ctypes
-import dis
-import functools
-import sys
 import types
 from collections.abc import Mapping
 from typing import Any
 
-# co_flags bit of function code: its locals live in fast slots, not in a dictionary.
-CO_OPTIMIZED = 0x0001
-# PEP 667 (Python 3.13): frame.f_locals of a function is a write-through proxy.
-WRITE_THROUGH_LOCALS = sys.version_info >= (3, 13)
-# Class bodies whose global declarations are remembered (one scan of their code each).
-STORED_GLOBALS_CACHE_SIZE = 256
+from afar._cpython import (
+    is_optimized,
+    names_stored,
+    release_locals_snapshot,
+    write_function_locals,
+)
 
-
-@functools.lru_cache(maxsize=STORED_GLOBALS_CACHE_SIZE)
-def _stored(code: types.CodeType, opnames: tuple[str, ...]) -> frozenset[str]:
-    """Names that ``code`` assigns with ``opnames``: a class body's ``global x; x = 1``."""
-    return frozenset(i.argval for i in dis.get_instructions(code) if i.opname in opnames)
+__all__ = ["bind", "release_locals_snapshot"]
 
 
 def bind(frame: types.FrameType, values: Mapping[str, Any]) -> None:
@@ -29,20 +21,20 @@ def bind(frame: types.FrameType, values: Mapping[str, Any]) -> None:
     if not values:
         return
     code = frame.f_code
-    if not code.co_flags & CO_OPTIMIZED:
+    if not is_optimized(code):
         # Module level, class bodies, IPython cells: f_locals is the namespace itself, but for
         # the names a class body declares `global` or `nonlocal`.
         namespace = frame.f_locals
         if namespace is frame.f_globals:
             namespace.update(values)
             return
-        declared = _stored(code, ("STORE_GLOBAL", "DELETE_GLOBAL"))
-        cells = _stored(code, ("STORE_DEREF", "DELETE_DEREF"))
+        declared = names_stored(code, ("STORE_GLOBAL", "DELETE_GLOBAL"))
+        cells = names_stored(code, ("STORE_DEREF", "DELETE_DEREF"))
         outer = frame.f_back  # runs the class statement: the cell is its variable too
         for name, value in values.items():
             if name in declared:
                 frame.f_globals[name] = value
-            elif name in cells and outer is not None and outer.f_code.co_flags & CO_OPTIMIZED:
+            elif name in cells and outer is not None and is_optimized(outer.f_code):
                 bind(outer, {name: value})
             else:
                 namespace[name] = value
@@ -55,23 +47,4 @@ def bind(frame: types.FrameType, values: Mapping[str, Any]) -> None:
             frame.f_globals[name] = value
     if not local_values:
         return
-    if WRITE_THROUGH_LOCALS:
-        proxy = frame.f_locals
-        for name, value in local_values.items():
-            proxy[name] = value  # cells (nonlocal, closures) are written through too
-        return
-    # Python 3.10-3.12: f_locals is a snapshot dict; reading it refreshes the snapshot from the
-    # fast slots, then PyFrame_LocalsToFast copies it back, cells included.
-    snapshot = frame.f_locals
-    snapshot.update(local_values)
-    ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(frame), ctypes.c_int(0))
-    # The snapshot lives as long as the frame and keeps every value it copied: a Future that
-    # the caller then deletes would stay alive, and its data on the cluster. The next read of
-    # f_locals (or locals()) fills it again from the fast slots.
-    snapshot.clear()
-
-
-def release_locals_snapshot(frame: types.FrameType) -> None:
-    """Python 3.10-3.12: empty the f_locals snapshot of a function's frame (see ``bind``)."""
-    if not WRITE_THROUGH_LOCALS and frame.f_code.co_flags & CO_OPTIMIZED:
-        frame.f_locals.clear()
+    write_function_locals(frame, local_values)

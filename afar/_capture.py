@@ -11,10 +11,9 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
+from afar import _cpython
 from afar.errors import BlockSyntaxError, SourceError
 
-# co_flags bits of ``from __future__`` imports that change compilation (PEP 563 annotations...).
-FUTURE_FLAGS_MASK = 0x1000000 | 0x2000000 | 0x4000000 | 0x8000000
 # IPython runs ``%%time`` cells under these file names, without registering them in linecache.
 IPYTHON_TIME_FILENAMES = frozenset({"<timed exec>", "<timed eval>"})
 # ``%%timeit`` wraps the cell in a function of its own: the running code cannot be compared with
@@ -32,7 +31,11 @@ class Site:
     node: ast.With | ast.AsyncWith
     body_first_line: int  # first line of the body, decorators included
     body_last_line: int
-    future_flags: int
+    future_features: tuple[str, ...]  # ``from __future__`` features the code was compiled with
+
+    @property
+    def future_flags(self) -> int:
+        return _cpython.future_flags(self.future_features)
 
     @property
     def label(self) -> str:
@@ -54,8 +57,8 @@ def site_for(frame: types.FrameType) -> Site:
     """The afar ``with`` statement that ``frame`` is entering; raise if it cannot be trusted."""
     filename = frame.f_code.co_filename
     text = source_text(frame)
-    flags = frame.f_code.co_flags & FUTURE_FLAGS_MASK
-    tree, text = parsed(filename, text, flags)
+    features = _cpython.future_features(frame.f_code)
+    tree, text = parsed(filename, text, _cpython.future_flags(features))
     node = with_at_line(tree, frame.f_lineno)
     if node is None:
         raise SourceError(
@@ -71,7 +74,7 @@ def site_for(frame: types.FrameType) -> Site:
         node=node,
         body_first_line=first,
         body_last_line=node.body[-1].end_lineno or node.body[-1].lineno,
-        future_flags=flags,
+        future_features=features,
     )
     check_body_not_on_header(site)
     if filename not in IPYTHON_TIMEIT_FILENAMES:
@@ -118,10 +121,15 @@ def ipython_magic_cell() -> str | None:
     if history is None or not history.input_hist_parsed:
         return None
     try:
-        call = ast.parse(history.input_hist_parsed[-1]).body[-1]
-        assert isinstance(call, ast.Expr) and isinstance(call.value, ast.Call)
-        body = ast.literal_eval(call.value.args[2])
-    except (SyntaxError, AssertionError, IndexError, ValueError):
+        statements = ast.parse(history.input_hist_parsed[-1]).body
+    except SyntaxError:
+        return None
+    call = statements[-1].value if statements and isinstance(statements[-1], ast.Expr) else None
+    if not isinstance(call, ast.Call) or len(call.args) < 3:
+        return None
+    try:
+        body = ast.literal_eval(call.args[2])
+    except ValueError:
         return None
     return shell.transform_cell(body) if isinstance(body, str) else None
 
@@ -194,38 +202,7 @@ def check_body_not_on_header(site: Site) -> None:
 
 # The running code and the source must be the same code: compile the source and compare what
 # each does on the lines of the with statement (names, constants, operations), so that an edit
-# which keeps line numbers is caught too. Opcodes that only reflect how the code was compiled
-# (a cell run statement by statement, the implicit "return None" at the end of a module) are
-# left out.
-_IGNORED_OPNAMES = frozenset(
-    {
-        "CACHE",
-        "COPY_FREE_VARS",
-        "EXTENDED_ARG",
-        "MAKE_CELL",
-        "NOP",
-        "POP_TOP",
-        "PRINT_EXPR",
-        "PUSH_NULL",
-        "RESUME",
-        "RETURN_CONST",
-        "RETURN_VALUE",
-        "NOT_TAKEN",
-    }
-)
-_JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs)
-# Python 3.12+ chooses among these by a flow analysis of the whole function (is the local surely
-# bound here?) and 3.13 fuses neighbours into superinstructions: the same lines compile to other
-# ones when code elsewhere in the function differs (pytest's assertion rewriting). Compare them
-# as the plain loads and stores of each local.
-_FAST_VARIANTS = {
-    "LOAD_FAST_CHECK": ("LOAD_FAST",),
-    "LOAD_FAST_BORROW": ("LOAD_FAST",),
-    "LOAD_FAST_LOAD_FAST": ("LOAD_FAST", "LOAD_FAST"),
-    "LOAD_FAST_BORROW_LOAD_FAST_BORROW": ("LOAD_FAST", "LOAD_FAST"),
-    "STORE_FAST_LOAD_FAST": ("STORE_FAST", "LOAD_FAST"),
-    "STORE_FAST_STORE_FAST": ("STORE_FAST", "STORE_FAST"),
-}
+# which keeps line numbers is caught too. How each opcode is treated: afar._cpython.
 # pytest rewrites the assert statements of test modules, whose globals then hold this name: the
 # running code of an assert line differs from its source by design, so those lines are skipped.
 PYTEST_REWRITE_MARKER = "@pytest_ar"
@@ -302,19 +279,19 @@ def signature(
     line = code.co_firstlineno
     instructions = list(dis.get_instructions(code))
     for index, instruction in enumerate(instructions):
-        line = _line_of(instruction, line)
+        line = _cpython.instruction_line(instruction, line)
         if line is None or not first <= line <= last or line in skipped:
             continue
         name = instruction.opname
-        if name in _IGNORED_OPNAMES or _returns_none(instructions, index):
+        if name in _cpython.IGNORED_OPNAMES or _returns_none(instructions, index):
             continue
-        parts = _FAST_VARIANTS.get(name)
+        parts = _cpython.FAST_VARIANTS.get(name)
         if parts is not None:
             argval = instruction.argval
             for part, local in zip(parts, argval if isinstance(argval, tuple) else (argval,)):
                 tokens[(line, part, repr(local))] += 1
             continue
-        if instruction.opcode in _JUMPS:
+        if instruction.opcode in _cpython.JUMP_OPCODES:
             tokens[(line, name)] += 1
         elif isinstance(instruction.argval, types.CodeType):
             inner = instruction.argval
@@ -323,14 +300,6 @@ def signature(
         else:
             tokens[(line, name, repr(instruction.argval))] += 1
     return tokens
-
-
-def _line_of(instruction: dis.Instruction, previous: int | None) -> int | None:
-    positions = getattr(instruction, "positions", None)
-    if positions is not None:  # Python 3.11+
-        return positions.lineno
-    starts = instruction.starts_line  # Python 3.10: the line number where a line starts
-    return starts if isinstance(starts, int) and not isinstance(starts, bool) else previous
 
 
 def _returns_none(instructions: list[dis.Instruction], index: int) -> bool:

@@ -80,7 +80,7 @@ class Block:
                 single=single,
                 display=display,
                 label=self.label,
-                future_flags=site.future_flags,
+                future_features=site.future_features,
                 secede=secede,
             )
             found = self._packed[variant] = pickle.dumps(tuple(code), protocol=5)
@@ -112,7 +112,7 @@ def block_for_source(source: str, filename: str) -> Block:
         node=node,
         body_first_line=first_line(tree.body[0]),
         body_last_line=last.end_lineno or last.lineno,
-        future_flags=0,
+        future_features=(),
     )
     # For symtable only: the cell as the body of a function, one line lower.
     indented = "".join("    " + line if line.strip() else line for line in lines)

@@ -21,8 +21,9 @@ from typing import Any
 from distributed import Future
 
 from afar import _remote
-from afar._bind import CO_OPTIMIZED, bind, release_locals_snapshot
+from afar._bind import bind, release_locals_snapshot
 from afar._compile import Block, block_for
+from afar._cpython import is_optimized
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
 from afar._output import STDERR, stream_identity
 from afar._shipping import culprits, ensure_runtime
@@ -575,7 +576,7 @@ def read_variables(entry: _Entry, data: Mapping[str, Any] | None) -> dict[str, A
 
 
 def _is_class_body(frame: types.FrameType) -> bool:
-    return frame.f_locals is not frame.f_globals and not frame.f_code.co_flags & CO_OPTIMIZED
+    return frame.f_locals is not frame.f_globals and not is_optimized(frame.f_code)
 
 
 def _names_in(block: Block, data: Mapping[str, Any]) -> list[str]:

@@ -11,6 +11,7 @@ code objects differ between Python minor versions, source compiles anywhere.
 """
 
 from __future__ import annotations
+import __future__
 
 import ast
 import base64
@@ -59,7 +60,7 @@ class BlockCode(NamedTuple):
     single: bool  # return the one saved name's value instead of a dict
     display: bool  # the last statement is an expression whose value is displayed
     label: str  # "file.py:12", for messages
-    future_flags: int
+    future_features: tuple[str, ...]  # names of the ``from __future__`` features in force
     secede: bool = False  # leave the worker's thread pool while running (it may wait on Dask)
 
 
@@ -106,13 +107,12 @@ def compile_block(block: BlockCode) -> types.CodeType:
     tree = ast.parse(block.text, block.filename, "exec", type_comments=False)
     if block.wrapped:
         function = tree.body[0]
-        assert isinstance(function, ast.FunctionDef)
     else:
-        template = ast.parse("def _(): pass").body[0]
-        assert isinstance(template, ast.FunctionDef)
-        function = template
-        function.body = tree.body
+        function = ast.parse("def _(): pass").body[0]
+        function.body = tree.body  # type: ignore[attr-defined]
         tree.body = [function]
+    if not isinstance(function, ast.FunctionDef):
+        raise TypeError(f"afar: the block at {block.label} did not compile to a function")
     body = function.body
     # The function starts on the body's first line: tools that show a frame's source by its
     # code's first line (stack_data in IPython's tracebacks) then show the body, not the header.
@@ -139,7 +139,10 @@ def compile_block(block: BlockCode) -> types.CodeType:
     )
     function.end_lineno = max(node.end_lineno or node.lineno for node in body)
     ast.fix_missing_locations(tree)
-    module = compile(tree, block.filename, "exec", flags=block.future_flags, dont_inherit=True)
+    flags = 0
+    for feature in block.future_features:  # this interpreter's own flags for them
+        flags |= getattr(__future__, feature).compiler_flag
+    module = compile(tree, block.filename, "exec", flags=flags, dont_inherit=True)
     return next(c for c in module.co_consts if isinstance(c, types.CodeType))
 
 

@@ -12,8 +12,6 @@ import textwrap
 import pytest
 from unit_helpers import exec_registered
 
-import afar
-
 # Where each source is run: a module file imported from disk, or a text in linecache only.
 LOADERS = ["file", "registered"]
 
@@ -483,14 +481,6 @@ def test_block_changes_to_outer_objects_do_not_come_back_unless_saved(run_source
         """
     )
     assert scope["result"]() == ([1, 2], "kept")
-
-
-def test_binding_on_this_python():
-    """Name the mechanism this interpreter uses, so a run shows which one was exercised."""
-    from afar import _bind
-
-    assert _bind.WRITE_THROUGH_LOCALS is (sys.version_info >= (3, 13))
-    assert afar.Run is not None
 
 
 def test_blocks_in_functions_called_from_a_block(run_source):

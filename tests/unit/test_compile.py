@@ -185,7 +185,7 @@ def test_registered_source_shows_the_block_where_its_file_does_not_exist():
         single=True,
         display=False,
         label="cell:3",
-        future_flags=0,
+        future_features=(),
     )
     _worker.register_source(code)
     assert linecache.getline(filename, 3) == "with afar.run, remotely:\n"

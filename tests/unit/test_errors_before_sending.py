@@ -258,7 +258,7 @@ AT_THE_WITH = {
                 with afar.run, locally:
                     try:
                         effects.append(1)
-                    finally:
+                    except ValueError:
                         continue
         """,
         afar.BlockSyntaxError,

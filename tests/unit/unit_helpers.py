@@ -60,7 +60,7 @@ def site_from_source(source: str, filename: str = "<afar-unit-site>") -> Site:
         node=node,
         body_first_line=min([first.lineno, *(d.lineno for d in decorators)]),
         body_last_line=node.body[-1].end_lineno or node.body[-1].lineno,
-        future_flags=0,
+        future_features=(),
     )
 
 
