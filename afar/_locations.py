@@ -68,11 +68,13 @@ class Location:
         quiet: bool = False,
         submit_options: dict[str, Any] | None = None,
         secede: bool | None = None,
+        progress: bool = True,
     ) -> None:
         self.where = where
         self.client = client
         self.quiet = quiet
         self.secede = secede
+        self.progress = progress
         self.submit_options = dict(submit_options or {})
 
     def __call__(
@@ -81,6 +83,7 @@ class Location:
         *,
         quiet: bool = False,
         secede: bool | None = None,
+        progress: bool | None = None,
         **submit_options: Any,
     ) -> Location:
         """A location like this one with a client and options for ``client.submit``.
@@ -97,6 +100,11 @@ class Location:
             can run (``distributed.secede``). By default afar secedes for blocks whose source
             computes Dask collections or waits on Futures; pass True for a block that does so
             only through functions it calls.
+        progress : bool, optional
+            Show how far the Dask work the block submits has come (tasks done / total) while
+            it runs: in the block's notebook cell, or on an interactive terminal's stderr.
+            On by default; ``progress=False`` turns it off. Nothing is shown when stderr is not
+            a terminal (outside Jupyter), nor with ``quiet=True``.
         **submit_options
             Passed to ``client.submit`` for the block's task.
         """
@@ -122,7 +130,10 @@ class Location:
         options = {**self.submit_options, **submit_options}
         chosen_client = client if client is not None else self.client
         chosen_secede = secede if secede is not None else self.secede
-        return type(self)(self.where, chosen_client, quiet, options, chosen_secede)
+        chosen_progress = progress if progress is not None else self.progress
+        return type(self)(
+            self.where, chosen_client, quiet, options, chosen_secede, progress=chosen_progress
+        )
 
     def __enter__(self) -> None:
         raise SkipBody(self)
@@ -141,6 +152,7 @@ class Location:
         details += [f"{k}={v!r}" for k, v in self.submit_options.items()]
         details += ["quiet=True"] if self.quiet else []
         details += [f"secede={self.secede}"] if self.secede is not None else []
+        details += [] if self.progress else ["progress=False"]
         return f"{self.where.value}({', '.join(details)})" if details else self.where.value
 
 

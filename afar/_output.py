@@ -33,7 +33,8 @@ Item kinds (``KINDS``): ``STDOUT`` and ``STDERR`` with a str (consecutive writes
 merged; at most ``BATCH_MAX_CHARS`` characters of text per event); ``DISPLAY`` with whatever the
 runner sends (e.g. a mimebundle dict); ``LIMIT`` with ``{"chars": limit}`` when the block's output
 reaches its limit; ``DROPPED`` with ``{"chars": n, "lines": n}`` when the block ends after output
-was dropped. ``Emitter.send`` may add other kinds; clients ignore kinds they do not know.
+was dropped; ``PROGRESS`` with the counts of the block's Dask work (``afar._progress``).
+``Emitter.send`` may add other kinds; clients ignore kinds they do not know.
 
 A block that writes nothing sends nothing, not even an end marker: the client learns that a block
 has ended from its Future, and Dask delivers a worker's events to the client before the result of
@@ -76,7 +77,8 @@ STDERR = "stderr"
 DISPLAY = "display"
 LIMIT = "limit"
 DROPPED = "dropped"
-KINDS = (STDOUT, STDERR, DISPLAY, LIMIT, DROPPED)
+PROGRESS = "progress"
+KINDS = (STDOUT, STDERR, DISPLAY, LIMIT, DROPPED, PROGRESS)
 TEXT_KINDS = (STDOUT, STDERR)
 
 # Latency of live output: a line reaches the client within about this long.
@@ -117,6 +119,8 @@ class Emitter:
 
     def send(self, kind: str, payload: Any = None) -> None:
         """Send ``payload`` as an item of ``kind`` after all output written so far.
+
+        May be called from the block's thread or from the worker's event loop.
 
         Parameters
         ----------
@@ -341,12 +345,19 @@ class _Capture(Emitter):
                 raise RuntimeError(f"output capture of {self._label} has ended; cannot send {kind}")
             if self._broken:
                 return
+            worker = self._worker
+            from_loop = worker.thread_id == _get_ident()
             try:
                 if self._pending:
-                    self._flush_locked(from_loop=False)
-                # From a task thread, log_event checks that the payload serialises before
-                # queueing anything: a bad payload raises here and costs no sequence number.
-                self._worker.log_event(self._topic, self._message([[kind, payload]]))
+                    self._flush_locked(from_loop=from_loop)
+                message = self._message([[kind, payload]])
+                if from_loop:
+                    # Queued behind the batches the block's thread has queued (see _flush_locked).
+                    worker.loop.add_callback(worker.log_event, self._topic, message)
+                else:
+                    # From a task thread, log_event checks that the payload serialises before
+                    # queueing anything: a bad payload raises here and costs no sequence number.
+                    worker.log_event(self._topic, message)
             except TypeError:
                 raise
             except Exception:

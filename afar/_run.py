@@ -369,8 +369,10 @@ class Run:
         if not location.quiet:
             # Subscribing (once per client) goes out before the block: no output is missed.
             router = router_for(client)
-            stream = (router.topic, _CLIENT_STREAMS)
             sink = _cell_sink(block.label)
+            # Progress only where it can be seen: a notebook cell or an interactive terminal.
+            progress = location.progress and (sink is not None or _stderr_is_terminal())
+            stream = (router.topic, _CLIENT_STREAMS, progress)
             if sink is not None:
                 router.register(key, sink)
             # else the default sink; the router still forgets the block when it finishes
@@ -669,6 +671,13 @@ def _failure_text(body: Future, inputs: Mapping[str, list[Future]]) -> str:
     error = body.exception()
     shown = _shown_from_block(error, None)
     return "".join(traceback.format_exception(type(shown), shown, shown.__traceback__))
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # None, or closed
+        return False
 
 
 def _cell_sink(label: str) -> Sink | None:

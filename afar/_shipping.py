@@ -17,9 +17,9 @@ from typing import Any
 
 import cloudpickle
 
-from afar import _output, _worker
+from afar import _output, _progress, _worker
 
-for _module in (_worker, _output):
+for _module in (_worker, _output, _progress):
     cloudpickle.register_pickle_by_value(_module)
 
 # The task's function: ``eval`` of a call of the shipped function, looked up by digest on the

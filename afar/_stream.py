@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from afar._output import DISPLAY, DROPPED, LIMIT, PROTOCOL, STDERR, STDOUT, TEXT_KINDS
+from afar._output import DISPLAY, DROPPED, LIMIT, PROGRESS, PROTOCOL, STDERR, STDOUT, TEXT_KINDS
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -45,6 +45,7 @@ __all__ = [
     "Sink",
     "failure_report",
     "print_plain",
+    "progress_text",
     "report_failure",
     "restart_notice",
     "router_for",
@@ -71,6 +72,9 @@ class Sink(Protocol):
     def display(self, payload: Any) -> None:
         """Show a payload the block sent with ``Emitter.send(DISPLAY, ...)``, e.g. a mimebundle."""
 
+    # Optional: ``progress(label, counts)`` shows the counts of the block's Dask work
+    # (``afar._progress``); a sink without it shows none.
+
 
 def print_plain(payload: Any) -> None:
     """Default display hook: print a mimebundle's ``text/plain`` entry (or the payload)."""
@@ -93,8 +97,12 @@ class DefaultSink:
 
     def __init__(self, display_hook: Callable[[Any], None] | None = None) -> None:
         self.display_hook = display_hook or print_plain
+        # The progress line drawn last on a terminal's stderr, and not ended yet.
+        self._progress_line = ""
 
     def write(self, stream: str, text: str) -> None:
+        if self._progress_line:
+            self._clear_progress()
         # Looked up at every write: whoever replaced sys.stdout since (pytest, IPython) gets it.
         file = sys.stdout if stream == STDOUT else sys.stderr
         file.write(text)
@@ -102,7 +110,53 @@ class DefaultSink:
         file.flush()
 
     def display(self, payload: Any) -> None:
+        if self._progress_line:
+            self._clear_progress()
         self.display_hook(payload)
+
+    def progress(self, label: str, counts: dict[str, Any]) -> None:
+        """Draw the block's progress on one line of stderr, if it is a terminal."""
+        if not _is_terminal(sys.stderr):
+            return
+        line = progress_text(label, counts)
+        end = bool(counts.get("end"))
+        sys.stderr.write(f"\r{line}\x1b[K" + ("\n" if end else ""))
+        sys.stderr.flush()
+        self._progress_line = "" if end else line
+
+    def _clear_progress(self) -> None:
+        # The block's own output goes where the progress line was; the next update redraws it.
+        self._progress_line = ""
+        if _is_terminal(sys.stderr):
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _is_terminal(file: Any) -> bool:
+    try:
+        return bool(file.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+PROGRESS_BAR_WIDTH = 24
+
+
+def progress_text(label: str, counts: dict[str, Any]) -> str:
+    """One line telling how far a block's Dask work has come.
+
+    Examples
+    --------
+    >>> progress_text("x.py:3", {"done": 100, "total": 400, "computations": 1})
+    '[afar] x.py:3 [######------------------] 100/400 tasks (25%)'
+    """
+    done, total = int(counts.get("done", 0)), int(counts.get("total", 0))
+    share = done / total if total > 0 else 0.0
+    filled = round(share * PROGRESS_BAR_WIDTH)
+    bar = "#" * filled + "-" * (PROGRESS_BAR_WIDTH - filled)
+    computations = int(counts.get("computations", 1))
+    more = f", {computations} computations" if computations > 1 else ""
+    return f"{NOTICE_PREFIX}{label} [{bar}] {done:,}/{total:,} tasks ({share:.0%}{more})"
 
 
 def topic_for(client: Client) -> str:
@@ -278,6 +332,10 @@ def _deliver(sink: Sink, label: str, items: Iterable[Any]) -> None:
             sink.write(STDERR, _limit_notice(label, data))
         elif kind == DROPPED:
             sink.write(STDERR, _dropped_notice(label, data))
+        elif kind == PROGRESS:
+            progress = getattr(sink, "progress", None)
+            if progress is not None and isinstance(data, dict):
+                progress(label, data)
         else:
             logger.debug("afar: ignoring output item of unknown kind %r", kind)
 

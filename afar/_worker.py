@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from afar._output import DISPLAY, capture_output
+from afar._progress import watch_progress
 
 # Names no identifier can spell, so they never collide with the user's (pytest does the same).
 LOCALS_NAME = "@afar_locals"
@@ -238,7 +239,8 @@ def run_block(
     ``packed`` is the pickled ``BlockCode``; ``payload`` the pickled plain variables the block
     reads, ``futures`` those that held Dask Futures (resolved by Dask). Those named by
     ``block.seeds`` are passed as parameters: the block may read them before assigning them.
-    ``stream`` is ``(topic, the client's stream identity)`` for output (None: not captured).
+    ``stream`` is ``(topic, the client's stream identity, progress)`` for output (None: not
+    captured); with ``progress``, the counts of the Dask work the block submits are sent too.
     With ``strict``, every saved name must have been assigned (``afar.get``); otherwise missing
     ones are left out (getter tasks raise).
 
@@ -252,14 +254,18 @@ def run_block(
     function = new_function(code, namespace)
     if stream is None:
         capturing: Any = contextlib.nullcontext(None)
+        progress = False
     else:
         from distributed import get_worker
 
-        topic, client_streams = stream
+        # (topic, client's stream identity[, whether to report the progress of Dask work])
+        topic, client_streams, *options = stream
+        progress = bool(options and options[0])
         key = str(get_worker().get_current_task())
         capturing = capture_output(topic, key, block.label, client_streams=client_streams)
     seceded = block.secede and _secede()
     with capturing as emitter:
+        watcher = watch_progress(emitter) if progress else None
         try:
             scope = function(**seeds)
         except ModuleNotFoundError as error:
@@ -275,6 +281,8 @@ def run_block(
                 error.__traceback__.tb_next if error.__traceback__ else None
             ) from None
         finally:
+            if watcher is not None:
+                watcher.stop()
             if seceded:
                 from distributed import rejoin
 
