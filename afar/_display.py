@@ -46,7 +46,7 @@ from collections.abc import Callable
 from typing import Any
 
 from afar._output import STDERR, STDOUT
-from afar._stream import NOTICE_PREFIX
+from afar._stream import NOTICE_PREFIX, progress_text
 
 __all__ = ["CellSink", "sink_for_block", "waiting_indicator"]
 
@@ -195,7 +195,7 @@ class _LateOutput:
             if kind == "display":
                 segments.append((kind, data))
                 continue
-            text = "".join(data)
+            text = _shown_text("".join(data))
             following = self.segments[index + 1] if index + 1 < len(self.segments) else None
             if following is not None and following[0] is not owner and not text.endswith("\n"):
                 text += "\n"  # another block's output follows: do not glue it to this line
@@ -242,6 +242,8 @@ class CellSink:
         self.closed = False
         self.late: _LateOutput | None = None
         self._tracker = tracker
+        self._progress: Any = None  # the display of the block's progress, once shown
+        self._lines = _OverwrittenLines()
         with tracker.lock:
             self._cell = tracker.current
             if self._cell is not None:
@@ -253,8 +255,11 @@ class CellSink:
             late = self.late
             if late is None:
                 # The cell still runs (or, for a block submitted while none ran, whichever
-                # cell runs now, as for a print from a thread): a stream output of the cell.
-                _in_empty_context(_stream(stream).write, text)
+                # cell runs now, as for a print from a thread): a stream output of the cell,
+                # but for a line the block keeps rewriting with carriage returns.
+                plain = self._lines.write(stream, text)
+                if plain:
+                    _in_empty_context(_stream(stream).write, plain)
             else:
                 late.add_text(self, stream, text)
                 late.changed(self._tracker)
@@ -269,6 +274,20 @@ class CellSink:
             else:
                 late.add_display(self, bundle)
                 late.changed(self._tracker)
+
+    def progress(self, label: str, counts: dict[str, Any]) -> None:
+        """Show how far the block's Dask work has come, in one display updated in place.
+
+        The display is made in the cell that runs when the first counts arrive (the block's
+        own, unless it has finished); the last counts stay in it as a summary.
+        """
+        line = progress_text(label, counts)
+        bundle = {"text/plain": line, "text/html": _progress_html(label, counts)}
+        with self._tracker.lock:
+            if self._progress is not None:
+                _in_empty_context(self._progress.update, bundle, raw=True)
+            elif self.late is None:
+                self._progress = _in_empty_context(_display, bundle, display_id=True)
 
     def close(self) -> None:
         """The block has finished: no output will follow (a cell ending now needs no display)."""
@@ -304,6 +323,78 @@ def sink_for_block(label: str) -> CellSink | None:
     if shell is None:
         return None
     return CellSink(tracker_for(shell), label)
+
+
+def _progress_html(label: str, counts: dict[str, Any]) -> str:
+    done, total = int(counts.get("done", 0)), int(counts.get("total", 0))
+    computations = int(counts.get("computations", 1))
+    more = f", {computations} computations" if computations > 1 else ""
+    share = done / total if total > 0 else 0.0
+    return (
+        f'<div style="font-family: var(--jp-code-font-family, monospace)">'
+        f"<code>{html.escape(label)}</code> "
+        f'<progress value="{done}" max="{max(total, 1)}" style="vertical-align: middle"></progress>'
+        f" {done:,} / {total:,} tasks ({share:.0%}{html.escape(more)})</div>"
+    )
+
+
+class _OverwrittenLines:
+    """Lines a block rewrites with carriage returns (progress bars), each in one display.
+
+    A front end draws a stream's ``\r`` as a terminal does only within one output: the pieces
+    of a rewritten line that arrive in separate batches, with other outputs between them,
+    become separate lines. So the unfinished last line of a stream, once it holds a carriage
+    return, is shown in a display of its own instead, updated in place with what the line
+    shows now, until its newline arrives; complete lines stay stream text.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, list[Any]] = {}  # stream -> [display handle, line so far]
+
+    def write(self, stream: str, text: str) -> str:
+        """Take the rewritten line's part of ``text``; return what goes to the stream as text."""
+        current = self._open.get(stream)
+        if current is not None:
+            line, newline, rest = text.partition("\n")
+            current[1] += line
+            _in_empty_context(current[0].update, _line_bundle(stream, current[1]), raw=True)
+            if not newline:
+                return ""
+            del self._open[stream]
+            text = rest
+        head, newline, tail = text.rpartition("\n")
+        if "\r" not in tail:
+            return text
+        handle = _in_empty_context(_display, _line_bundle(stream, tail), display_id=True)
+        self._open[stream] = [handle, tail]
+        return head + newline
+
+
+def _shown_line(line: str) -> str:
+    """What a terminal shows of ``line`` after its carriage returns: the last full rewrite."""
+    parts = [part for part in line.split("\r") if part]
+    if not parts:
+        return ""
+    shown = parts[-1]
+    # A shorter rewrite leaves the end of the longer text before it on a terminal.
+    for part in reversed(parts[:-1]):
+        if len(part) > len(shown):
+            shown += part[len(shown) :]
+    return shown
+
+
+def _shown_text(text: str) -> str:
+    """``text`` with each line as a terminal shows it after its carriage returns."""
+    if "\r" not in text:
+        return text
+    return "\n".join(_shown_line(line) for line in text.split("\n"))
+
+
+def _line_bundle(stream: str, line: str) -> dict[str, str]:
+    shown = _shown_line(line)
+    if stream == STDERR:
+        return {STDERR_MIME: shown, "text/plain": shown}
+    return {"text/plain": shown}
 
 
 def _as_bundle(payload: Any) -> dict[str, Any]:

@@ -1,0 +1,204 @@
+"""Progress in a real Jupyter kernel: a notebook executed headless (nbclient), cell by cell.
+
+The cluster runs in this test's process, outside the kernel, as a user's cluster would; the
+kernel connects a Client to it. What the saved notebook keeps, and the display messages the
+kernel sent while the cells ran, are checked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+kernelspec = pytest.importorskip("ipykernel.kernelspec")
+pytest.importorskip("tqdm")
+pytest.importorskip("dask.array")
+
+from distributed import LocalCluster  # noqa: E402
+
+import afar  # noqa: E402
+
+PACKAGE_ROOT = str(Path(afar.__file__).resolve().parents[1])
+KERNEL_NAME = "afar-progress-test-python"
+CELL_TIMEOUT_SECONDS = 60
+STARTUP_TIMEOUT_SECONDS = 60
+COUNTS = re.compile(r"([\d,]+)/([\d,]+) tasks")
+
+pytestmark = pytest.mark.slow
+
+SETUP = """\
+import os
+
+from distributed import Client
+
+import afar
+from afar import remotely
+
+client = Client(os.environ["AFAR_TEST_SCHEDULER"])
+"""
+
+# About 400 tasks of 10 ms each on two threads: a few seconds of work.
+DASK_WORK = """\
+with afar.get("total", "expected_tasks"), remotely:
+    import time
+
+    import dask
+    import dask.array as da
+
+    def slow(block):
+        time.sleep(0.01)
+        return block
+
+    work = da.ones((200, 200), chunks=(10, 10)).map_blocks(slow).sum()
+    expected_tasks = len(dask.optimize(work)[0].__dask_graph__())
+    total = float(work.compute())
+total, expected_tasks
+"""
+
+TQDM_BAR = """\
+with afar.get, remotely:
+    import time
+
+    from tqdm import tqdm
+
+    for _ in tqdm(range(20)):
+        time.sleep(0.1)
+"""
+
+NO_PROGRESS = DASK_WORK.replace("remotely:", "remotely(progress=False):")
+QUIET = DASK_WORK.replace("remotely:", "remotely(quiet=True):")
+CELLS = [SETUP, DASK_WORK, TQDM_BAR, NO_PROGRESS, QUIET]
+
+
+class RecordingClient(nbclient.NotebookClient):
+    """Executes a notebook and records every output message with the cell running then."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.received: list[tuple[int, str, dict[str, Any]]] = []
+
+    def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
+        self.received.append((cell_index, msg["msg_type"], msg["content"]))
+        return super().process_message(msg, cell, cell_index)
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, RecordingClient]:
+    home = tmp_path_factory.mktemp("jupyter")
+    kernelspec.write_kernel_spec(
+        str(home / "kernels" / KERNEL_NAME),
+        overrides={
+            "display_name": "afar progress test kernel",
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        },
+    )
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    python_path = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
+    ) as cluster:
+        client = RecordingClient(
+            notebook,
+            kernel_name=KERNEL_NAME,
+            timeout=CELL_TIMEOUT_SECONDS,
+            startup_timeout=STARTUP_TIMEOUT_SECONDS,
+            resources={"metadata": {"path": str(home)}},
+        )
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("JUPYTER_PATH", str(home))
+            patch.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
+            patch.setenv("IPYTHONDIR", str(home / "ipython"))
+            patch.setenv("PYTHONPATH", python_path)
+            patch.setenv("AFAR_TEST_SCHEDULER", cluster.scheduler_address)
+            client.execute()
+    nbformat.write(notebook, home / "executed.ipynb")  # for a look when a test fails
+    return notebook, client
+
+
+def texts(output: Any) -> str:
+    """An output's text: a stream's, or a display's plain text."""
+    if output.output_type == "stream":
+        return output.text
+    return str(output.get("data", {}).get("text/plain", ""))
+
+
+def shows_progress(kind: str, content: dict[str, Any]) -> bool:
+    return kind in ("display_data", "update_display_data") and "tasks (" in str(content["data"])
+
+
+def progress_messages(client: RecordingClient, index: int) -> list[dict[str, Any]]:
+    """The progress display the cell made, then every update of it, in order."""
+    made = [
+        content
+        for cell, kind, content in client.received
+        if cell == index and kind == "display_data" and shows_progress(kind, content)
+    ]
+    assert len(made) == 1, made
+    display_id = made[0]["transient"]["display_id"]
+    updates = [
+        content
+        for _, kind, content in client.received
+        if kind == "update_display_data" and content["transient"]["display_id"] == display_id
+    ]
+    return made + updates
+
+
+def test_the_dask_work_of_a_block_shows_its_progress_in_its_cell(executed):
+    notebook, client = executed
+    shown = progress_messages(client, 1)
+    counts = [
+        tuple(int(n.replace(",", "")) for n in COUNTS.search(m["data"]["text/plain"]).groups())
+        for m in shown
+    ]
+    (result,) = [o for o in notebook.cells[1].outputs if o.output_type == "execute_result"]
+    total, expected_tasks = eval(result.data["text/plain"])
+    assert total == 40_000.0
+    # Dask's own count of the tasks the computation submitted, as the scheduler sees them: the
+    # tasks of the optimised graph and the one that finalises the result.
+    (tasks,) = {all_ for _, all_ in counts}
+    assert expected_tasks <= tasks <= expected_tasks + 1
+    done = [d for d, _ in counts]
+    assert done == sorted(done)
+    assert len(counts) >= 2, "the progress was not updated while the block ran"
+    assert done[0] < tasks and done[-1] == tasks
+    # One display, updated in place: the saved cell keeps it once, as a final summary.
+    saved = [o for o in notebook.cells[1].outputs if "tasks (" in texts(o)]
+    assert len(saved) == 1
+    assert f"{tasks:,}/{tasks:,} tasks (100%)" in texts(saved[0])
+
+
+def test_a_tqdm_bar_in_a_block_is_one_line_updated_in_place(executed):
+    notebook, client = executed
+    bars = [o for o in notebook.cells[2].outputs if "%|" in texts(o)]
+    assert len(bars) == 1, [texts(o) for o in notebook.cells[2].outputs]
+    (line,) = {texts(bars[0])}
+    assert "100%" in line and "20/20" in line and "\n" not in line.strip()
+    # It was drawn while the block ran, not only at its end.
+    updates = [
+        content
+        for cell, kind, content in client.received
+        if cell == 2 and kind == "update_display_data" and "%|" in str(content["data"])
+    ]
+    assert len(updates) >= 2
+
+
+@pytest.mark.parametrize("index", [3, 4], ids=["progress=False", "quiet=True"])
+def test_no_progress_when_turned_off_or_quiet(executed, index):
+    notebook, client = executed
+    (result,) = [o for o in notebook.cells[index].outputs if o.output_type == "execute_result"]
+    assert eval(result.data["text/plain"])[0] == 40_000.0
+    assert not [m for cell, kind, m in client.received if cell == index and shows_progress(kind, m)]
+
+
+def test_the_notebook_ran_without_errors(executed):
+    notebook, _ = executed
+    errors = [o for c in notebook.cells for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    nbformat.validate(notebook)
