@@ -186,8 +186,11 @@ class _LateOutput:
         else:
             self.segments.append([owner, stream, [text]])
 
-    def add_display(self, owner: object, bundle: dict[str, Any]) -> None:
-        self.segments.append([owner, "display", bundle])
+    def add_display(self, owner: object, bundle: dict[str, Any]) -> list[Any]:
+        """Add a bundle; the segment returned may have its bundle (``[2]``) replaced later."""
+        segment = [owner, "display", bundle]
+        self.segments.append(segment)
+        return segment
 
     def bundle(self) -> dict[str, Any]:
         segments: list[tuple[str, Any]] = []
@@ -243,6 +246,7 @@ class CellSink:
         self.late: _LateOutput | None = None
         self._tracker = tracker
         self._progress: Any = None  # the display of the block's progress, once shown
+        self._late_progress: list[Any] | None = None  # or its segment of the late output
         self._lines = _OverwrittenLines()
         with tracker.lock:
             self._cell = tracker.current
@@ -278,16 +282,24 @@ class CellSink:
     def progress(self, label: str, counts: dict[str, Any]) -> None:
         """Show how far the block's Dask work has come, in one display updated in place.
 
-        The display is made in the cell that runs when the first counts arrive (the block's
-        own, unless it has finished); the last counts stay in it as a summary.
+        While the block's cell runs, the display is one of its own; once the cell has finished
+        (``afar.run``), the progress is part of the cell's display for late output. The last
+        counts stay as a summary.
         """
         line = progress_text(label, counts)
         bundle = {"text/plain": line, "text/html": _progress_html(label, counts)}
         with self._tracker.lock:
+            late = self.late
             if self._progress is not None:
                 _in_empty_context(self._progress.update, bundle, raw=True)
-            elif self.late is None:
+            elif late is None:
                 self._progress = _in_empty_context(_display, bundle, display_id=True)
+            else:
+                if self._late_progress is None:
+                    self._late_progress = late.add_display(self, bundle)
+                else:
+                    self._late_progress[2] = bundle
+                late.changed(self._tracker)
 
     def close(self) -> None:
         """The block has finished: no output will follow (a cell ending now needs no display)."""

@@ -30,17 +30,17 @@ ERASE_LINE = "\x1b[K"
 
 pytestmark = pytest.mark.slow
 
-# About 540 tasks of 10 ms each: a few seconds of work on the test cluster.
+# About 140 tasks, 100 of them of 50 ms: a second or two of work on the test cluster.
 WORK = """\
     import time
 
     import dask.array as da
 
     def slow(block):
-        time.sleep(0.01)
+        time.sleep(0.05)
         return block
 
-    total = float(da.ones((200, 200), chunks=(10, 10)).map_blocks(slow).sum().compute())
+    total = float(da.ones((200, 200), chunks=(20, 20)).map_blocks(slow).sum().compute())
 """
 SCRIPT = f"""\
 import sys
@@ -69,6 +69,16 @@ with afar.get, remotely(progress=False):  # TURNED OFF
 with afar.get, remotely(quiet=True):  # QUIET
 {WORK}
 print("last", total, flush=True)
+
+with afar.get, remotely:  # NO DASK WORK
+    import time
+
+    time.sleep(1.5)
+    slept = True
+
+# The blocks that sent anything through the scheduler (the layout of afar._output).
+events = client.get_events("afar-output-" + client.id)
+print("sent", *sorted({{int(message["label"].rpartition(":")[2]) for _, message in events}}))
 client.close()
 """
 
@@ -160,7 +170,7 @@ def in_a_terminal(tmp_path_factory, cluster) -> tuple[str, str]:
 
 def test_the_dask_work_of_a_block_shows_its_progress_on_the_terminal(in_a_terminal):
     out, err = in_a_terminal
-    assert out.splitlines() == ["first 40000.0", "last 40000.0"]
+    assert out.splitlines()[:2] == ["first 40000.0", "last 40000.0"]
     drawn_counts = [
         (int(line), int(done.replace(",", "")), int(total.replace(",", "")))
         for line, done, total in PROGRESS_LINE.findall(err)
@@ -177,6 +187,12 @@ def test_the_dask_work_of_a_block_shows_its_progress_on_the_terminal(in_a_termin
     assert f"{total:,}/{total:,} tasks (100%)" in shown[0]
 
 
+def test_blocks_without_dask_work_send_nothing_more(in_a_terminal):
+    out, _ = in_a_terminal
+    # The sleeping block ran long enough to be looked at, and sent nothing: it has no Dask work.
+    assert out.splitlines()[2] == f"sent {line_of('# DASK WORK')} {line_of('# TQDM')}"
+
+
 def test_a_tqdm_bar_in_a_block_is_one_line_on_the_terminal(in_a_terminal):
     _, err = in_a_terminal
     assert err.count("%|") > 2, "the bar was not drawn as it went"
@@ -187,7 +203,9 @@ def test_a_tqdm_bar_in_a_block_is_one_line_on_the_terminal(in_a_terminal):
 
 def test_nothing_is_shown_when_stderr_is_not_a_terminal(tmp_path, cluster):
     out, err = run_script(tmp_path, cluster.scheduler_address, terminal=False)
-    assert out.splitlines() == ["first 40000.0", "last 40000.0"]
+    assert out.splitlines()[:2] == ["first 40000.0", "last 40000.0"]
+    # Not asked for: the block with Dask work sent no counts, hence nothing (it prints nothing).
+    assert out.splitlines()[2] == f"sent {line_of('# TQDM')}"
     assert "tasks (" not in err
     assert "[afar]" not in err
     assert "100%" in err  # the block's own bar still comes through, as it is written

@@ -44,7 +44,7 @@ from afar import remotely
 client = Client(os.environ["AFAR_TEST_SCHEDULER"])
 """
 
-# About 400 tasks of 10 ms each on two threads: a few seconds of work.
+# About 140 tasks, 100 of them of 30 ms, on two threads: a second or two of work.
 DASK_WORK = """\
 with afar.get("total", "expected_tasks"), remotely:
     import time
@@ -53,10 +53,10 @@ with afar.get("total", "expected_tasks"), remotely:
     import dask.array as da
 
     def slow(block):
-        time.sleep(0.01)
+        time.sleep(0.03)
         return block
 
-    work = da.ones((200, 200), chunks=(10, 10)).map_blocks(slow).sum()
+    work = da.ones((200, 200), chunks=(20, 20)).map_blocks(slow).sum()
     expected_tasks = len(dask.optimize(work)[0].__dask_graph__())
     total = float(work.compute())
 total, expected_tasks
@@ -74,7 +74,12 @@ with afar.get, remotely:
 
 NO_PROGRESS = DASK_WORK.replace("remotely:", "remotely(progress=False):")
 QUIET = DASK_WORK.replace("remotely:", "remotely(quiet=True):")
-CELLS = [SETUP, DASK_WORK, TQDM_BAR, NO_PROGRESS, QUIET]
+# afar.run: the cell finishes at once, the block's progress arrives while the next cell runs.
+RUN_IN_BACKGROUND = DASK_WORK.replace('afar.get("total", "expected_tasks")', "afar.run").replace(
+    "total, expected_tasks\n", ""
+)
+WAIT_FOR_IT = "float(total.result(timeout=60))"
+CELLS = [SETUP, DASK_WORK, TQDM_BAR, NO_PROGRESS, QUIET, RUN_IN_BACKGROUND, WAIT_FOR_IT]
 
 
 class RecordingClient(nbclient.NotebookClient):
@@ -195,6 +200,24 @@ def test_no_progress_when_turned_off_or_quiet(executed, index):
     (result,) = [o for o in notebook.cells[index].outputs if o.output_type == "execute_result"]
     assert eval(result.data["text/plain"])[0] == 40_000.0
     assert not [m for cell, kind, m in client.received if cell == index and shows_progress(kind, m)]
+
+
+def test_a_background_block_shows_its_progress_in_its_cell_after_the_cell_ends(executed):
+    notebook, client = executed
+    assert notebook.cells[6].outputs[-1].data["text/plain"] == "40000.0"
+    (late,) = [o for o in notebook.cells[5].outputs if o.output_type == "display_data"]
+    assert re.search(r"([\d,]+)/\1 tasks \(100%\)", texts(late)), texts(late)
+    display_id = late.metadata.get("transient", {}).get("display_id") or next(
+        content["transient"]["display_id"]
+        for cell, kind, content in client.received
+        if cell == 5 and kind == "display_data"
+    )
+    updates = [
+        content
+        for _, kind, content in client.received
+        if kind == "update_display_data" and content["transient"]["display_id"] == display_id
+    ]
+    assert len([u for u in updates if "tasks (" in str(u["data"])]) >= 2
 
 
 def test_the_notebook_ran_without_errors(executed):
