@@ -370,8 +370,11 @@ class Run:
             # Subscribing (once per client) goes out before the block: no output is missed.
             router = router_for(client)
             sink = _cell_sink(block.label)
-            # Progress only where it can be seen: a notebook cell or an interactive terminal.
-            progress = location.progress and (sink is not None or _stderr_is_terminal())
+            # Progress only where it can be seen: in a notebook cell, or on an interactive
+            # terminal while the caller waits (afar.get): a line drawn while the caller goes on
+            # would draw over whatever the terminal shows next, such as a prompt.
+            waits = not self._returns_futures
+            progress = location.progress and (sink is not None or (waits and _stderr_is_terminal()))
             stream = (router.topic, _CLIENT_STREAMS, progress)
             if sink is not None:
                 router.register(key, sink)

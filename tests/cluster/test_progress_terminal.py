@@ -68,7 +68,10 @@ with afar.get, remotely(progress=False):  # TURNED OFF
 {WORK}
 with afar.get, remotely(quiet=True):  # QUIET
 {WORK}
-print("last", total, flush=True)
+with afar.run, remotely:  # IN THE BACKGROUND
+{WORK}
+print("background", total.result(timeout=60), flush=True)
+print("last", total.result(), flush=True)
 
 with afar.get, remotely:  # NO DASK WORK
     import time
@@ -170,12 +173,13 @@ def in_a_terminal(tmp_path_factory, cluster) -> tuple[str, str]:
 
 def test_the_dask_work_of_a_block_shows_its_progress_on_the_terminal(in_a_terminal):
     out, err = in_a_terminal
-    assert out.splitlines()[:2] == ["first 40000.0", "last 40000.0"]
+    assert out.splitlines()[:3] == ["first 40000.0", "background 40000.0", "last 40000.0"]
     drawn_counts = [
         (int(line), int(done.replace(",", "")), int(total.replace(",", "")))
         for line, done, total in PROGRESS_LINE.findall(err)
     ]
-    # Only the block with progress on draws it; it was updated while the block ran.
+    # Only the block with progress on draws it (not the one turned off, nor the quiet one, nor
+    # the afar.run block the script does not wait for at the with); it was updated as it ran.
     assert {line for line, _, _ in drawn_counts} == {line_of("# DASK WORK")}
     assert len(drawn_counts) >= 2
     (total,) = {total for _, _, total in drawn_counts}
@@ -190,7 +194,7 @@ def test_the_dask_work_of_a_block_shows_its_progress_on_the_terminal(in_a_termin
 def test_blocks_without_dask_work_send_nothing_more(in_a_terminal):
     out, _ = in_a_terminal
     # The sleeping block ran long enough to be looked at, and sent nothing: it has no Dask work.
-    assert out.splitlines()[2] == f"sent {line_of('# DASK WORK')} {line_of('# TQDM')}"
+    assert out.splitlines()[3] == f"sent {line_of('# DASK WORK')} {line_of('# TQDM')}"
 
 
 def test_a_tqdm_bar_in_a_block_is_one_line_on_the_terminal(in_a_terminal):
@@ -203,9 +207,9 @@ def test_a_tqdm_bar_in_a_block_is_one_line_on_the_terminal(in_a_terminal):
 
 def test_nothing_is_shown_when_stderr_is_not_a_terminal(tmp_path, cluster):
     out, err = run_script(tmp_path, cluster.scheduler_address, terminal=False)
-    assert out.splitlines()[:2] == ["first 40000.0", "last 40000.0"]
+    assert out.splitlines()[:3] == ["first 40000.0", "background 40000.0", "last 40000.0"]
     # Not asked for: the block with Dask work sent no counts, hence nothing (it prints nothing).
-    assert out.splitlines()[2] == f"sent {line_of('# TQDM')}"
+    assert out.splitlines()[3] == f"sent {line_of('# TQDM')}"
     assert "tasks (" not in err
     assert "[afar]" not in err
     assert "100%" in err  # the block's own bar still comes through, as it is written
