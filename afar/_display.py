@@ -368,7 +368,9 @@ class _OverwrittenLines:
         current = self._open.get(stream)
         if current is not None:
             line, newline, rest = text.partition("\n")
-            current[1] += line
+            line = current[1] + line
+            # Only what the line shows is kept: a bar updated for hours stays one line's worth.
+            current[1] = _shown_line(line) + ("\r" if line.endswith("\r") else "")
             _in_empty_context(current[0].update, _line_bundle(stream, current[1]), raw=True)
             if not newline:
                 return ""

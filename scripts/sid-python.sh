@@ -42,6 +42,8 @@ exec unshare --mount --propagation private bash -c "
   mount --bind /proc '$sid/proc'
   mount --bind /dev '$sid/dev'
   mkdir -p '$sid/dev/shm' && mount -t tmpfs tmpfs '$sid/dev/shm'
+  # Pseudo-terminals (the terminal tests): /dev/pts is a mount of its own, not in /dev's bind.
+  if mountpoint -q /dev/pts; then mount --bind /dev/pts '$sid/dev/pts'; fi
   mount --bind '$root' '$sid$root'
   exec chroot '$sid' /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin \
     LANG=C.UTF-8 TERM=\"\${TERM:-dumb}\" CI=\"\${CI:-}\" \
