@@ -20,6 +20,11 @@ submits the block, in the thread running the ``with``) returns a ``CellSink`` th
 
 A lock shared with the cell hooks keeps a write from straddling the switch between the two.
 
+Two kinds of output get displays of their own, updated in place: the progress of the block's
+Dask work (``CellSink.progress``; after the cell has finished, a part of the late display), and
+a line the block keeps rewriting with carriage returns, such as a tqdm bar (``_OverwrittenLines``):
+front ends apply ``\\r`` only within one output, and such a line arrives in many.
+
 Costs: a block that finishes while its cell runs (the core calls ``CellSink.close`` when its
 Future is done) adds only its own output. A cell whose blocks are still running when it ends
 gets one empty display (``{"data": {}}`` in the saved notebook, which front ends draw as
@@ -353,7 +358,7 @@ def _progress_html(label: str, counts: dict[str, Any]) -> str:
 class _OverwrittenLines:
     """Lines a block rewrites with carriage returns (progress bars), each in one display.
 
-    A front end draws a stream's ``\r`` as a terminal does only within one output: the pieces
+    A front end draws a stream's ``\\r`` as a terminal does only within one output: the pieces
     of a rewritten line that arrive in separate batches, with other outputs between them,
     become separate lines. So the unfinished last line of a stream, once it holds a carriage
     return, is shown in a display of its own instead, updated in place with what the line
