@@ -6,9 +6,10 @@ standard library, ``distributed`` and modules shipped by value.
 How it works
 ------------
 ``watch_progress`` starts a ``Watcher`` for a block whose client asked for progress. The watcher
-costs the block one callback on the worker's event loop; it then looks, every ``TICK_SECONDS``
-from ``START_SECONDS`` on and on the loop only, at the Futures of the worker's own client (the
-one ``distributed.get_client()`` returns in a task): those that were not there when the block
+costs the block a look at the worker's client and one callback on the worker's event loop; it
+then looks, every ``TICK_SECONDS`` from ``START_SECONDS`` on and on the loop only, at the
+Futures of the worker's own client (the one ``distributed.get_client()`` returns in a task):
+those that were not there when the block
 started and are still pending are the block's computations (``compute``, ``persist``,
 ``dask.compute``, ``client.submit``...). For each, it holds a Future of the same key (so that the
 scheduler keeps it until the watcher has counted it) and follows it with a
