@@ -41,25 +41,25 @@ AT_THE_WITH = {
         "names no location",
         2,
     ),
-    "run-not-first": (
+    "context-manager-before-a-run-without-location": (
         """\
         def result(effects):
             with contextlib.nullcontext(), afar.run:
                 effects.append(1)
         """,
         afar.LocationError,
-        "must be the first item",
+        "names no location",
         2,
     ),
-    "run-not-first-before-a-location": (
+    "no-run-among-the-items": (
         """\
         def result(effects):
-            with contextlib.nullcontext(), afar.run, locally:
+            with contextlib.nullcontext() and afar.run, locally:
                 effects.append(1)
         """,
         afar.LocationError,
-        "must be the first item",
-        2,
+        r"cannot find afar\.run \(or afar\.get\) among the items",
+        None,
     ),
     "second-item-a-call-of-something-else": (
         """\
@@ -88,14 +88,64 @@ AT_THE_WITH = {
             with afar.run, elsewhere:
                 effects.append(1)
         """,
+        afar.LocationNameError,
+        "name 'elsewhere' is not defined. The item after afar.run.*remotely, locally or later",
+        2,
+    ),
+    "a-misspelled-location": (
+        """\
+        def result(effects):
+            with afar.get, remotly:
+                effects.append(1)
+        """,
+        afar.LocationNameError,
+        "name 'remotly' is not defined. Did you mean: 'remotely'?",
+        2,
+    ),
+    "a-misspelled-location-called": (
+        """\
+        def result(effects):
+            with afar.run, remotly(retries=2):
+                effects.append(1)
+        """,
+        afar.LocationNameError,
+        "name 'remotly' is not defined",
+        2,
+    ),
+    "a-misspelled-location-after-a-context-manager": (
+        """\
+        def result(effects):
+            with contextlib.nullcontext(), afar.get, lokally:
+                effects.append(1)
+        """,
+        afar.LocationNameError,
+        "name 'lokally' is not defined. Did you mean: 'locally'?",
+        2,
+    ),
+    "an-attribute-that-is-not-a-location": (
+        """\
+        def result(effects):
+            with afar.run, afar.remotly:
+                effects.append(1)
+        """,
         afar.LocationError,
-        "cannot tell where to run `elsewhere`",
+        r"cannot tell where to run `afar\.remotly`",
         2,
     ),
     "context-manager-after-the-location": (
         """\
         def result(effects):
             with afar.run, locally, contextlib.nullcontext():
+                effects.append(1)
+        """,
+        afar.LocationError,
+        r"`contextlib\.nullcontext\(\)` stands after the location",
+        2,
+    ),
+    "context-manager-after-the-location-behind-one-before": (
+        """\
+        def result(effects):
+            with contextlib.nullcontext(), afar.run, locally, contextlib.nullcontext():
                 effects.append(1)
         """,
         afar.LocationError,
@@ -339,25 +389,55 @@ AT_THE_WITH = {
         "never assigns 'effects'",
         2,
     ),
-    "bare-remotely-called-without-import": (
+    "unimported-remotely-with-an-unknown-option": (
         """\
         def result(effects):
-            with afar.run, remotely(resources={"GPU": 1}):
+            with afar.run, remotely(gpus=1):
+                effects.append(1)
+        """,
+        TypeError,
+        "remotely\\(\\) got unknown option\\(s\\) gpus",
+        None,
+    ),
+    "unimported-remotely-with-key": (
+        """\
+        def result(effects):
+            with afar.run, remotely(key="mine"):
                 effects.append(1)
         """,
         afar.LocationError,
-        "Import it first: from afar import remotely",
+        "does not take key",
+        None,
+    ),
+    "unimported-locally-with-submit-options": (
+        """\
+        def result(effects):
+            with afar.run, locally(resources={"GPU": 1}):
+                effects.append(1)
+        """,
+        afar.LocationError,
+        "locally takes no client or submit options",
+        None,
+    ),
+    "unimported-remotely-with-a-walrus-argument": (
+        """\
+        def result(effects):
+            with afar.run, remotely(retries=(n := 2)):
+                effects.append(1)
+        """,
+        afar.LocationError,
+        r"`\(n := 2\)` in the arguments of `remotely\(...\)` cannot be evaluated by afar",
         2,
     ),
-    "bare-locally-called-without-import": (
+    "unimported-remotely-with-a-failing-argument": (
         """\
         def result(effects):
-            with afar.run, locally():
+            with afar.run, remotely(retries={}["retries"]):
                 effects.append(1)
         """,
-        afar.LocationError,
-        "from afar import locally",
-        2,
+        KeyError,
+        "retries",
+        None,
     ),
     "remotely-owned-option-key": (
         """\
