@@ -30,7 +30,7 @@ from afar._output import STDERR, stream_identity
 from afar._scope import call_arguments, enclosing_values
 from afar._shipping import culprits, ensure_runtime
 from afar._stream import OutputRouter, Sink, failure_report, report_failure, router_for
-from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, run_here
+from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, missing_name, run_here
 from afar.errors import (
     ClientError,
     LocationError,
@@ -40,7 +40,8 @@ from afar.errors import (
 )
 
 # File names of afar's worker functions as tracebacks from workers show them (by-value code).
-_WORKER_FILENAMES = frozenset({RUNTIME_FILENAME, "<dynamic-code>"})
+# With `locally`, the same functions run from afar's own file.
+_WORKER_FILENAMES = frozenset({RUNTIME_FILENAME, "<dynamic-code>", run_here.__code__.co_filename})
 # This process's stdout and stderr files: a worker that shares them does not echo there.
 _CLIENT_STREAMS = stream_identity()
 _UNRESOLVED = object()
@@ -315,6 +316,9 @@ class Run:
         packed = entry.block.packed(_seeds(entry, plain), saved, single, display)
         results = run_here(packed, plain, _show if display else None)
         _bind_results(entry, results)
+        missing = [name for name in saved if name not in results]
+        if missing:  # as a remote afar.get raises it; there is no Future to hold the error
+            raise SavedNameError(*missing_name(missing[0], entry.block.label).args)
 
     def _submit(
         self,
@@ -781,7 +785,10 @@ def _shown_from_block(error: BaseException, skipped: BaseException | None) -> Ba
     tb = error.__traceback__
     while tb is not None and not tb.tb_frame.f_code.co_name.startswith(BLOCK_FUNCTION_PREFIX):
         tb = tb.tb_next
-    if tb is not None or _raised_by_afar_on_the_worker(error):
+    if tb is None and type(error) is NameError and _raised_by_afar_on_the_worker(error):
+        # A saved name the block did not assign (a builtin NameError: workers have no afar).
+        error = SavedNameError(*error.args)
+    elif tb is not None or _raised_by_afar_on_the_worker(error):
         error = error.with_traceback(_for_ipython(tb))
     if error.__context__ is None or error.__context__ is skipped:
         error.__suppress_context__ = True

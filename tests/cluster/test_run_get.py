@@ -391,7 +391,7 @@ def test_cancel_leaves_finished_blocks_alone(client):
 
 
 # -- a name assigned only on a branch not taken -------------------------------------------------
-def test_run_missing_name_raises_keyerror_on_result(client):
+def test_run_missing_name_raises_name_error_on_result(client):
     flag = False
     line = lineno() + 1
     with afar.run("assigned", "skipped"), remotely:
@@ -399,25 +399,26 @@ def test_run_missing_name_raises_keyerror_on_result(client):
         if flag:
             skipped = 2
     assert assigned.result(timeout=RESULT_TIMEOUT) == 1
-    with pytest.raises(KeyError) as raised:
+    with pytest.raises(NameError) as raised:  # Dask's result(): the worker's builtin error
         skipped.result(timeout=RESULT_TIMEOUT)
     assert "'skipped'" in str(raised.value) and here(line) in str(raised.value)
 
 
-def test_run_single_missing_name_raises_keyerror_on_result(client):
+def test_run_single_missing_name_raises_name_error_on_result(client):
     flag = False
     line = lineno() + 1
     with afar.run("skipped"), remotely:
         if flag:
             skipped = 2
-    with pytest.raises(KeyError) as raised:
+    with pytest.raises(NameError) as raised:  # Dask's result(): the worker's builtin error
         skipped.result(timeout=RESULT_TIMEOUT)
     assert "'skipped'" in str(raised.value) and here(line) in str(raised.value)
 
 
-def test_get_missing_name_raises_keyerror_at_the_with(client):
+def test_get_missing_name_raises_saved_name_error_at_the_with(client):
+    """The same error as a name never assigned at all, found before sending (issue 10)."""
     flag = False
-    with pytest.raises(KeyError) as raised:
+    with pytest.raises(afar.SavedNameError) as raised:
         line = lineno() + 1
         with afar.get("assigned", "skipped", timeout=RESULT_TIMEOUT), remotely:
             assigned = 1  # noqa: F841 - bound remotely

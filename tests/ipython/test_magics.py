@@ -75,6 +75,39 @@ def test_line_magic_expression_may_end_with_a_comment(shell):
     assert ok(shell, "%afar -w locally base + 1  # eleven") == 11
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "%afar -w locally base + 2;",
+        "%afar -w locally base + 2 ;  # hidden",
+        "%afar -g -w locally base + 2;",
+    ],
+)
+def test_line_magic_final_semicolon_hides_the_value_issue_10(shell, line, capsys):
+    ok(shell, "base = 10")
+    result = run(shell, line)
+    assert result.error_in_exec is None and result.error_before_exec is None
+    assert result.result is None
+    assert "12" not in capsys.readouterr().out
+
+
+def test_assigned_line_magic_with_a_final_semicolon_keeps_its_value_issue_10(shell):
+    ok(shell, "base = 10")
+    ok(shell, "w = %afar -g -w locally base + 2;")
+    assert shell.user_ns["w"] == 12
+
+
+def test_line_magic_with_a_final_semicolon_is_evaluated_issue_10(shell):
+    ok(shell, "import threading\nran = threading.Event()")
+    assert ok(shell, "%afar -w locally ran.set();") is None
+    assert shell.user_ns["ran"].is_set()
+
+
+def test_a_semicolon_between_statements_is_still_a_statement(shell):
+    ok(shell, "base = 10")
+    assert "is a statement" in usage_error(shell, "%afar -w locally base; base + 1")
+
+
 def test_cell_magic_binds_the_last_name_by_default(shell):
     ok(shell, "%%afar -w locally\nfirst = 1\nlast = first + 1")
     assert shell.user_ns["last"] == 2
