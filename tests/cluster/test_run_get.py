@@ -297,6 +297,33 @@ def test_retries_reach_the_task(options_client, tmp_path):
             attempts = len(record.read_text())
 
 
+def test_remotely_called_without_import_passes_its_options_issue_10(options_client, tmp_path):
+    """`remotely(...)` never imported: afar evaluates its arguments once, in the caller's scope
+    (here a closure cell and a comprehension), and the options reach the task."""
+    attempts_file = str(tmp_path / "attempts")
+    Path(attempts_file).write_text("")
+    wanted = GPU_RESOURCES
+
+    def block():
+        with (
+            afar.get(timeout=RESULT_TIMEOUT),
+            remotely(client=options_client, resources={k: v for k, v in wanted.items()}, retries=2),
+        ):
+            import pathlib
+
+            from distributed import get_worker
+
+            record = pathlib.Path(attempts_file)
+            record.write_text(record.read_text() + "+")
+            if len(record.read_text()) < 2:
+                raise RuntimeError("the first attempt fails")
+            name = get_worker().name
+        return name
+
+    assert block() == GPU_WORKER
+    assert Path(attempts_file).read_text() == "++"
+
+
 def test_priority_reaches_the_task(options_client):
     """Which of two ready tasks runs first is Dask's business; afar must hand it the priority.
 
