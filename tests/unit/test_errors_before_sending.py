@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import linecache
 import textwrap
+import traceback
 
 import distributed
 import pytest
@@ -815,3 +816,14 @@ def test_state_is_clean_after_an_error(load_module):
     with pytest.raises(afar.LocationError):
         module.refused()
     assert module.accepted() == 1
+
+
+def test_block_syntax_error_shows_its_location_once_issue_10(load_module):
+    """A traceback shows a SyntaxError's file and line above its message: not again in it."""
+    module = load_module("import afar\n\ndef result():\n    with afar.run, locally: x = 1\n")
+    with pytest.raises(afar.BlockSyntaxError) as info:
+        module.result()
+    shown = "".join(traceback.format_exception_only(type(info.value), info.value))
+    assert shown.count("line 4") == 1, shown
+    assert f'File "{module.__file__}", line 4' in shown
+    assert str(info.value).endswith(f"({module.__file__}, line 4)")
