@@ -198,3 +198,54 @@ def test_a_misspelled_location_is_a_name_error():
     with expected as raised, afar.get, remotly:  # noqa: F821 - the misspelling under test
         value = 1  # noqa: F841
     assert raised.value.name == "remotly"
+
+
+def test_async_context_managers_before_the_run(load_module):
+    module = load_module(
+        """\
+import asyncio
+import contextlib
+
+import afar
+
+log = []
+
+
+@contextlib.asynccontextmanager
+async def around():
+    log.append("enter")
+    yield
+    log.append("exit")
+
+
+async def block(n):
+    async with around(), afar.get, locally(quiet=[n][0] > 0):
+        value = n + 1
+    return value
+
+
+def result():
+    return asyncio.run(block(1))
+"""
+    )
+    assert module.result() == 2
+    assert module.log == ["enter", "exit"]
+
+
+def test_a_saved_name_not_assigned_locally_is_a_saved_name_error(load_module):
+    """As on a worker: the statement that assigns it did not run (issue 10)."""
+    module = load_module(
+        """\
+import afar
+
+def result(flag):
+    with afar.run("kept", "skipped"), locally:
+        kept = 1
+        if flag:
+            skipped = 2
+    return kept
+"""
+    )
+    assert module.result(True) == 1
+    with pytest.raises(afar.SavedNameError, match="did not assign 'skipped'"):
+        module.result(False)
