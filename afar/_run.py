@@ -578,11 +578,12 @@ def _check_location_arguments(site: Any, call: ast.Call) -> None:
 def _called_location(entry: _Entry, location: Location, skipped: BaseException) -> Location:
     """``remotely(...)`` written without importing it: its arguments, evaluated once, as Python
     would have after looking the name up (which raised NameError before any argument ran)."""
-    call = entry.location_call
+    call, frame = entry.location_call, entry.frame
     site = entry.block.site
-    assert call is not None and entry.frame is not None
+    if call is None or frame is None:  # only with statements have a location call
+        return location
     try:
-        args, kwargs = call_arguments(entry.frame, call, site.filename, site.future_flags)
+        args, kwargs = call_arguments(frame, call, site.filename, site.future_flags)
         return location(*args, **kwargs)
     except BaseException as error:
         if error.__context__ is skipped:

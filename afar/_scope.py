@@ -19,7 +19,7 @@ from collections import ChainMap
 from collections.abc import Mapping
 from typing import Any
 
-from afar._bind import CO_OPTIMIZED
+from afar._cpython import is_optimized
 
 # Names of the generated scopes; the user's names never reach them (they are the functions'
 # own names, not variables the expression can see).
@@ -58,7 +58,7 @@ def evaluate(frame: types.FrameType, expression: ast.expr, filename: str, flags:
     if frame.f_locals is frame.f_globals:  # module level: plain eval is exact
         code = compile(ast.Expression(expression), filename, "eval", flags, dont_inherit=True)
         return eval(code, frame.f_globals)
-    class_body = not frame.f_code.co_flags & CO_OPTIMIZED
+    class_body = not is_optimized(frame.f_code)
     visible = enclosing_values(frame) if class_body else frame.f_locals
     used = {n.id for n in ast.walk(expression) if isinstance(n, ast.Name)}
     captured = sorted(name for name in used if name in visible)
@@ -135,7 +135,7 @@ def enclosing_values(frame: types.FrameType) -> Mapping[str, Any]:
     free = frame.f_code.co_freevars
     outer = frame.f_back
     while outer is not None and free:
-        if outer.f_code.co_flags & CO_OPTIMIZED:
+        if is_optimized(outer.f_code):
             values = outer.f_locals
             return {name: values[name] for name in free if name in values}
         outer = outer.f_back  # a class body inside a class body: its function is further out
