@@ -621,10 +621,14 @@ def resolve(frame: types.FrameType, expression: ast.expr) -> Any:
 
 def _lookup(frame: types.FrameType, name: str) -> Any:
     """A name's value at the with statement: locals, closure cells, globals, builtins."""
-    scopes: list[Mapping[str, Any]] = [frame.f_locals]
-    if _is_class_body(frame):
-        scopes.append(enclosing_values(frame))
-    for namespace in (*scopes, frame.f_globals, builtins.__dict__):
+    local_names = frame.f_locals  # read once: before 3.13, each read copies a function's locals
+    if name in local_names:
+        return local_names[name]
+    if not is_optimized(frame.f_code) and local_names is not frame.f_globals:
+        enclosing = enclosing_values(frame)  # a class body: its closure cells
+        if name in enclosing:
+            return enclosing[name]
+    for namespace in (frame.f_globals, builtins.__dict__):
         if name in namespace:
             return namespace[name]
     return _UNRESOLVED
