@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import sys
 import types
 from collections import ChainMap
@@ -30,10 +31,44 @@ _VALUE = "_afar_value_"
 _NO_TYPE_PARAMS: dict[str, Any] = {"type_params": []} if sys.version_info >= (3, 12) else {}
 
 
+# Code compiled per call site and set of captured names: a block in a loop compiles once.
+CODE_CACHE_SIZE = 256
+
+
 def call_arguments(
     frame: types.FrameType, call: ast.Call, filename: str, flags: int
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The positional and keyword arguments of ``call``, evaluated once in ``frame``'s scope."""
+    local_names = frame.f_locals
+    if local_names is frame.f_globals:  # module level: plain eval is exact
+        return eval(_code(call, None, False, filename, flags), frame.f_globals)
+    class_body = not is_optimized(frame.f_code)
+    visible = enclosing_values(frame) if class_body else local_names
+    captured = tuple(name for name in _names_used(call) if name in visible)
+    code = _code(call, captured, class_body, filename, flags)
+    closure = tuple(types.CellType(visible[name]) for name in code.co_freevars)
+    function = types.FunctionType(code, frame.f_globals, _INNER, None, closure)
+    if not class_body:
+        return function()
+    # A class body looks its own names up in its namespace first (top level only), then in its
+    # closure cells, globals and builtins: run the generated body on a view of that namespace
+    # which keeps the generated body's own writes (__module__, __qualname__...) to itself.
+    namespace = ChainMap({}, local_names)
+    builtins.__build_class__(function, _INNER, metaclass=_Namespace(namespace))
+    return namespace.maps[0][_VALUE]
+
+
+@functools.lru_cache(maxsize=CODE_CACHE_SIZE)
+def _names_used(call: ast.Call) -> tuple[str, ...]:
+    return tuple(sorted({n.id for n in ast.walk(call) if isinstance(n, ast.Name)}))
+
+
+@functools.lru_cache(maxsize=CODE_CACHE_SIZE)
+def _code(
+    call: ast.Call, captured: tuple[str, ...] | None, class_body: bool, filename: str, flags: int
+) -> types.CodeType:
+    """Code computing ``(args, kwargs)`` of ``call``: an expression (``captured`` None, module
+    level) or the inner scope of a function whose variables are ``captured``."""
     capture = ast.Lambda(
         args=ast.arguments(
             posonlyargs=[],
@@ -50,29 +85,10 @@ def call_arguments(
         ast.Call(func=ast.copy_location(capture, call), args=call.args, keywords=call.keywords),
         call,
     )
-    return evaluate(frame, ast.fix_missing_locations(packed), filename, flags)
-
-
-def evaluate(frame: types.FrameType, expression: ast.expr, filename: str, flags: int) -> Any:
-    """The value of ``expression`` as if it stood in ``frame``'s code at the current line."""
-    if frame.f_locals is frame.f_globals:  # module level: plain eval is exact
-        code = compile(ast.Expression(expression), filename, "eval", flags, dont_inherit=True)
-        return eval(code, frame.f_globals)
-    class_body = not is_optimized(frame.f_code)
-    visible = enclosing_values(frame) if class_body else frame.f_locals
-    used = {n.id for n in ast.walk(expression) if isinstance(n, ast.Name)}
-    captured = sorted(name for name in used if name in visible)
-    code = _compiled(expression, captured, class_body, filename, flags)
-    closure = tuple(types.CellType(visible[name]) for name in code.co_freevars)
-    function = types.FunctionType(code, frame.f_globals, _INNER, None, closure)
-    if not class_body:
-        return function()
-    # A class body looks its own names up in its namespace first (top level only), then in its
-    # closure cells, globals and builtins: run the generated body on a view of that namespace
-    # which keeps the generated body's own writes (__module__, __qualname__...) to itself.
-    namespace = ChainMap({}, frame.f_locals)
-    builtins.__build_class__(function, _INNER, metaclass=_Namespace(namespace))
-    return namespace.maps[0][_VALUE]
+    expression = ast.fix_missing_locations(packed)
+    if captured is None:
+        return compile(ast.Expression(expression), filename, "eval", flags, dont_inherit=True)
+    return _compiled(expression, list(captured), class_body, filename, flags)
 
 
 def _compiled(
