@@ -216,6 +216,23 @@ def test_issue_4_block_in_a_cell_followed_by_more_code(shell):
     assert ok(shell, "with afar.run, locally:\n    followed = base + 1\nfollowed * 2") == 22
 
 
+def test_issue_10_a_cell_block_with_a_context_manager_and_a_location_called_unimported(shell):
+    ok(shell, "import contextlib\nbase = 10\nlevel = 1")
+    source = (
+        "with contextlib.nullcontext(), afar.get, locally(quiet=[level][0] > 0):\n"
+        "    in_cell = base + level\n"
+    )
+    ok(shell, source)
+    assert shell.user_ns["in_cell"] == 11
+    assert "locally" not in shell.user_ns  # never imported
+
+
+def test_issue_10_a_misspelled_location_in_a_cell(shell):
+    result = run(shell, "with afar.get, lokally:\n    never = 1")
+    assert isinstance(result.error_in_exec, NameError)
+    assert "Did you mean: 'locally'?" in str(result.error_in_exec)
+
+
 # -- %%time and %%timeit --------------------------------------------------------------------
 def test_time_cell_with_a_block(shell, capsys):
     ok(shell, "%%time\nwith afar.run, locally:\n    timed = base + 1")
