@@ -23,6 +23,7 @@ from distributed import Future
 
 from afar import _remote
 from afar._bind import bind, release_locals_snapshot
+from afar._capture import Site
 from afar._compile import Block, block_for
 from afar._cpython import is_optimized
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
@@ -545,7 +546,7 @@ def _run_item(frame: types.FrameType, items: list[ast.withitem]) -> int | None:
     return None
 
 
-def _refuse_unknown_location(frame: types.FrameType, site: Any, expression: ast.expr) -> None:
+def _refuse_unknown_location(frame: types.FrameType, site: Site, expression: ast.expr) -> None:
     target = expression.func if isinstance(expression, ast.Call) else expression
     if isinstance(target, ast.Name) and _lookup(frame, target.id) is _UNRESOLVED:
         name = target.id
@@ -563,7 +564,7 @@ def _refuse_unknown_location(frame: types.FrameType, site: Any, expression: ast.
     )
 
 
-def _check_location_arguments(site: Any, call: ast.Call) -> None:
+def _check_location_arguments(site: Site, call: ast.Call) -> None:
     """Arguments afar evaluates for Python must not bind or suspend in the caller's scope."""
     for node in ast.walk(call):
         if isinstance(node, (ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)):
