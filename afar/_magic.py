@@ -6,8 +6,10 @@ IPython is imported only when a magic is made or runs, so that ``import afar`` w
 from __future__ import annotations
 
 import ast
+import io
 import keyword
 import re
+import tokenize
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -331,6 +333,7 @@ def run_line(
             f"total = %{magic} -g sum(range(10)); for statements, use %%{magic} in a cell"
         )
     filename = f"<%{magic} In[{_execution_number(shell)}]>"
+    expression = without_final_semicolon(expression)
     _check_expression(expression, filename, magic)
     run = run_for(settings, (RESULT_NAME,))
     # A copy: the block binds its result there, not among the user's variables.
@@ -343,6 +346,71 @@ def run_line(
         return run.captured
     # With -d, results is the user's mapping: the result is returned, not left there.
     return results.pop(RESULT_NAME, None)
+
+
+def without_final_semicolon(expression: str) -> str:
+    """The expression without a final ``;``, which IPython reads as "do not display" on any
+    line (the magic's own line included: ``w = %afar -g x + 1;``)."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(expression).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return expression  # not Python: the check of the expression says what is wrong
+    for token in reversed(tokens):
+        if token.type in _NOT_CODE:
+            continue
+        if token.type == tokenize.OP and token.string == ";":
+            lines = expression.splitlines(keepends=True)
+            row, column = token.start
+            return "".join(lines[: row - 1]) + lines[row - 1][:column]
+        break
+    return expression
+
+
+_NOT_CODE = frozenset(
+    {tokenize.ENDMARKER, tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT, tokenize.INDENT}
+)
+
+
+def silenced_in_cell(shell: Any, magic: str, line: str) -> bool:
+    """Whether the running cell uses ``%magic line`` as a statement of its own whose value
+    IPython would show, and ``line`` ends with ``;``: then its value is not returned.
+
+    IPython decides what to display from the cell as it transformed it, where the ``;`` stands
+    inside the magic's argument string (``get_ipython().run_line_magic('afar', 'x + 1;')``), so
+    it would show the value: the magic returns None instead. Assigned (``w = %afar -g x;``),
+    the value is returned as any other line would assign it.
+    """
+    if without_final_semicolon(line) == line:
+        return False
+    history = getattr(getattr(shell, "history_manager", None), "input_hist_parsed", None)
+    if not history:
+        return False
+    try:
+        tree = ast.parse(history[-1])
+    except SyntaxError:
+        return False
+    statements = 0
+    elsewhere = 0
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            if _is_magic_call(child, magic, line):
+                if isinstance(node, ast.Expr):
+                    statements += 1
+                else:
+                    elsewhere += 1
+    return statements > 0 and elsewhere == 0
+
+
+def _is_magic_call(node: ast.AST, magic: str, line: str) -> bool:
+    """``node`` is IPython's ``get_ipython().run_line_magic(magic, line)``."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "run_line_magic"
+        and len(node.args) == 2
+        and all(isinstance(a, ast.Constant) for a in node.args)
+        and [a.value for a in node.args] == [magic, line]  # type: ignore[attr-defined]
+    )
 
 
 def _check_expression(expression: str, filename: str, magic: str) -> None:
@@ -417,7 +485,8 @@ def _magic_function(name: str, baked: Settings) -> Callable[..., Any]:
             given, rest = parse_line(line, options, magic=name, expression=cell is None)
             settings = _settings_from(given, baked, namespaces, name)
             if cell is None:
-                return run_line(settings, rest, shell, local_ns, name)
+                value = run_line(settings, rest, shell, local_ns, name)
+                return None if silenced_in_cell(shell, name, line) else value
             return run_cell(settings, rest, cell, shell, name)
         except _OptionError as error:
             raise _usage_error(str(error)) from None

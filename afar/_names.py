@@ -468,10 +468,17 @@ def _binding_nodes(body: list[ast.stmt]):
 
 
 def _inside_comprehension(body: list[ast.stmt]) -> set[int]:
+    """Nodes that bind in a comprehension's own scope; ``:=`` targets bind in the block's."""
     inside: set[int] = set()
     for node in _top_level_nodes(body):
         if isinstance(node, _COMPREHENSIONS):
             inside.update(id(n) for n in ast.walk(node))
+    # PEP 572: the target of `:=` in a comprehension binds in the enclosing scope, the block's
+    # (`any((hit := v) > 1 for v in values)` binds `hit`), unless a function or class nested
+    # in the comprehension holds it: _top_level_nodes does not enter those.
+    for node in _top_level_nodes(body):
+        if isinstance(node, ast.NamedExpr) and id(node) in inside:
+            inside.discard(id(node.target))
     return inside
 
 

@@ -7,6 +7,7 @@ import asyncio
 import builtins
 import contextlib
 import contextvars
+import difflib
 import inspect
 import itertools
 import keyword
@@ -22,17 +23,26 @@ from distributed import Future
 
 from afar import _remote
 from afar._bind import bind, release_locals_snapshot
+from afar._capture import Site
 from afar._compile import Block, block_for
 from afar._cpython import is_optimized
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
 from afar._output import STDERR, stream_identity
+from afar._scope import call_arguments, enclosing_values
 from afar._shipping import culprits, ensure_runtime
 from afar._stream import OutputRouter, Sink, failure_report, report_failure, router_for
-from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, run_here
-from afar.errors import ClientError, LocationError, NotPicklableError, SavedNameError
+from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, missing_name, run_here
+from afar.errors import (
+    ClientError,
+    LocationError,
+    LocationNameError,
+    NotPicklableError,
+    SavedNameError,
+)
 
 # File names of afar's worker functions as tracebacks from workers show them (by-value code).
-_WORKER_FILENAMES = frozenset({RUNTIME_FILENAME, "<dynamic-code>"})
+# With `locally`, the same functions run from afar's own file.
+_WORKER_FILENAMES = frozenset({RUNTIME_FILENAME, "<dynamic-code>", run_here.__code__.co_filename})
 # This process's stdout and stderr files: a worker that shares them does not echo there.
 _CLIENT_STREAMS = stream_identity()
 _UNRESOLVED = object()
@@ -60,6 +70,8 @@ class _Entry:
     saved: tuple[str, ...]
     results: MutableMapping[str, Any]
     namespace: dict[str, Any] | None = None
+    # `remotely(...)` written without importing remotely: its arguments, evaluated at the exit.
+    location_call: ast.Call | None = None
 
 
 # One stack per thread and per asyncio task: blocks sharing one Run never see each other's state.
@@ -204,8 +216,9 @@ class Run:
     # -- enter ------------------------------------------------------------------------------
     def _enter(self, frame: types.FrameType, asynchronous: bool) -> MutableMapping[str, Any]:
         block = block_for(frame)
-        check_header(frame, block, self)
+        location_call = check_header(frame, block, self)
         entry = self._new_entry(block, frame, None)
+        entry.location_call = location_call
         _entries.set((*_entries.get(), entry))
         return entry.results
 
@@ -250,7 +263,10 @@ class Run:
             and tb.tb_next is None
         ):
             # `remotely` written bare, never imported: afar recognises the name.
-            return DEFAULT_LOCATIONS[exc.name]  # type: ignore[attr-defined]
+            location = DEFAULT_LOCATIONS[exc.name]  # type: ignore[attr-defined]
+            if entry.location_call is not None:
+                return _called_location(entry, location, exc)
+            return location
         if exc is None:
             raise LocationError(
                 f"{entry.block.site.where()}: the body of the block ran here because the with "
@@ -301,6 +317,9 @@ class Run:
         packed = entry.block.packed(_seeds(entry, plain), saved, single, display)
         results = run_here(packed, plain, _show if display else None)
         _bind_results(entry, results)
+        missing = [name for name in saved if name not in results]
+        if missing:  # as a remote afar.get raises it; there is no Future to hold the error
+            raise SavedNameError(*missing_name(missing[0], entry.block.label).args)
 
     def _submit(
         self,
@@ -474,48 +493,108 @@ def _check_names(what: str, names: tuple[object, ...]) -> None:
             )
 
 
-def check_header(frame: types.FrameType, block: Block, run: Run) -> None:
-    """The header must read ``with <run>, <location>:``; resolve it without calling anything."""
+def check_header(frame: types.FrameType, block: Block, run: Run) -> ast.Call | None:
+    """The header must read ``with [managers..., ]<run>, <location>:``; resolve it without
+    calling anything.
+
+    Context managers before the run are the caller's: Python enters them before the run and
+    exits them after it, around the whole block. Returns the call of a location written without
+    importing it (``remotely(retries=2)``), whose arguments are evaluated at the exit.
+    """
     site = block.site
     items = site.node.items
-    first = resolve(frame, items[0].context_expr)
-    if not isinstance(first, Run) and not _is_run_call(first):
+    index = _run_item(frame, items)
+    if index is None:
         raise LocationError(
-            f"{site.where()}: afar.run (or afar.get) must be the first item of the with "
-            f"statement, followed by where to run. Write\n    {_RIGHT_SPELLING}"
+            f"{site.where()}: afar cannot find afar.run (or afar.get) among the items of the "
+            "with statement: write it as itself (afar.run, afar.get(...), or a variable bound "
+            f"to one), followed by where to run. Write\n    {_RIGHT_SPELLING}"
         )
-    if len(items) < 2:
+    if len(items) < index + 2:
         raise LocationError(
             f"{site.where()}: the with statement names no location, so the body would run "
             f"here. Write\n    {_RIGHT_SPELLING}\n(or locally / later)"
         )
-    expression = items[1].context_expr
+    expression = items[index + 1].context_expr
+    location_call = None
     second = resolve(frame, expression)
     if second is _UNRESOLVED:
         name = _bare_location_name(expression)
-        if name is None or isinstance(expression, ast.Call):
-            shown = ast.unparse(expression)
-            hint = (
-                f" Import it first: from afar import {name}"
-                if name is not None
-                else " Name a location: remotely, locally, later, or a variable bound to one"
-            )
-            raise LocationError(
-                f"{site.where()}: afar cannot tell where to run `{shown}` without running it.{hint}"
-            )
+        if name is None:
+            _refuse_unknown_location(frame, site, expression)
+        elif isinstance(expression, ast.Call):
+            _check_location_arguments(site, expression)
+            location_call = expression
     elif not isinstance(second, Location):
         raise LocationError(
-            f"{site.where()}: the second item of the with statement, "
+            f"{site.where()}: the item after afar.run, "
             f"`{ast.unparse(expression)}`, is not an afar location but a "
             f"{type(second).__name__}. Write\n    {_RIGHT_SPELLING}\n(or locally / later, or "
             "a variable bound to remotely(...))"
         )
-    if len(items) > 2:
+    if len(items) > index + 2:
         raise LocationError(
-            f"{site.where()}: `{ast.unparse(items[2].context_expr)}` stands after the location "
-            "and would never be entered. Open it inside the block instead:\n"
+            f"{site.where()}: `{ast.unparse(items[index + 2].context_expr)}` stands after the "
+            "location and would never be entered. Open it inside the block instead, or before "
+            "afar.run to have it around the whole block:\n"
             "    with afar.run, remotely:\n        with ...:"
         )
+    return location_call
+
+
+def _run_item(frame: types.FrameType, items: list[ast.withitem]) -> int | None:
+    """The index of the item that is afar's run (the first one: Python enters items in order)."""
+    for index, item in enumerate(items):
+        value = resolve(frame, item.context_expr)
+        if isinstance(value, Run) or _is_run_call(value):
+            return index
+    return None
+
+
+def _refuse_unknown_location(frame: types.FrameType, site: Site, expression: ast.expr) -> None:
+    target = expression.func if isinstance(expression, ast.Call) else expression
+    if isinstance(target, ast.Name) and _lookup(frame, target.id) is _UNRESOLVED:
+        name = target.id
+        close = difflib.get_close_matches(name, sorted(LOCATION_NAMES), n=1)
+        hint = f" Did you mean: {close[0]!r}?" if close else ""
+        raise LocationNameError(
+            f"{site.where()}: name {name!r} is not defined.{hint} The item after afar.run (or "
+            "afar.get) says where to run: remotely, locally or later (they need no import), or "
+            "a variable bound to one",
+            name=name,
+        )
+    raise LocationError(
+        f"{site.where()}: afar cannot tell where to run `{ast.unparse(expression)}` without "
+        "running it. Name a location: remotely, locally, later, or a variable bound to one"
+    )
+
+
+def _check_location_arguments(site: Site, call: ast.Call) -> None:
+    """Arguments afar evaluates for Python must not bind or suspend in the caller's scope."""
+    for node in ast.walk(call):
+        if isinstance(node, (ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)):
+            raise LocationError(
+                f"{site.where()}: `{ast.unparse(node)}` in the arguments of "
+                f"`{ast.unparse(call.func)}(...)` cannot be evaluated by afar, which evaluates "
+                "them because the location is not imported. Compute the value before the with "
+                f"statement, or import the location (from afar import {ast.unparse(call.func)})"
+            )
+
+
+def _called_location(entry: _Entry, location: Location, skipped: BaseException) -> Location:
+    """``remotely(...)`` written without importing it: its arguments, evaluated once, as Python
+    would have after looking the name up (which raised NameError before any argument ran)."""
+    call, frame = entry.location_call, entry.frame
+    site = entry.block.site
+    if call is None or frame is None:  # only with statements have a location call
+        return location
+    try:
+        args, kwargs = call_arguments(frame, call, site.filename, site.future_flags)
+        return location(*args, **kwargs)
+    except BaseException as error:
+        if error.__context__ is skipped:
+            error.__suppress_context__ = True  # the NameError is afar's business, not news
+        raise
 
 
 def _is_run_call(value: Any) -> bool:
@@ -537,15 +616,27 @@ def resolve(frame: types.FrameType, expression: ast.expr) -> Any:
             return ("call", func)
         return func if isinstance(func, Location) else _UNRESOLVED
     if isinstance(expression, ast.Name):
-        for namespace in (frame.f_locals, frame.f_globals, builtins.__dict__):
-            if expression.id in namespace:
-                return namespace[expression.id]
-        return _UNRESOLVED
+        return _lookup(frame, expression.id)
     if isinstance(expression, ast.Attribute):
         base = resolve(frame, expression.value)
         if base is _UNRESOLVED or not isinstance(base, types.ModuleType | Location | Run):
             return _UNRESOLVED
         return getattr(base, expression.attr, _UNRESOLVED)
+    return _UNRESOLVED
+
+
+def _lookup(frame: types.FrameType, name: str) -> Any:
+    """A name's value at the with statement: locals, closure cells, globals, builtins."""
+    local_names = frame.f_locals  # read once: before 3.13, each read copies a function's locals
+    if name in local_names:
+        return local_names[name]
+    if not is_optimized(frame.f_code) and local_names is not frame.f_globals:
+        enclosing = enclosing_values(frame)  # a class body: its closure cells
+        if name in enclosing:
+            return enclosing[name]
+    for namespace in (frame.f_globals, builtins.__dict__):
+        if name in namespace:
+            return namespace[name]
     return _UNRESOLVED
 
 
@@ -712,7 +803,10 @@ def _shown_from_block(error: BaseException, skipped: BaseException | None) -> Ba
     tb = error.__traceback__
     while tb is not None and not tb.tb_frame.f_code.co_name.startswith(BLOCK_FUNCTION_PREFIX):
         tb = tb.tb_next
-    if tb is not None or _raised_by_afar_on_the_worker(error):
+    if tb is None and type(error) is NameError and _raised_by_afar_on_the_worker(error):
+        # A saved name the block did not assign (a builtin NameError: workers have no afar).
+        error = SavedNameError(*error.args)
+    elif tb is not None or _raised_by_afar_on_the_worker(error):
         error = error.with_traceback(_for_ipython(tb))
     if error.__context__ is None or error.__context__ is skipped:
         error.__suppress_context__ = True

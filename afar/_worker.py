@@ -180,10 +180,17 @@ def saved_values(block: BlockCode, scope: dict[str, Any]) -> Any:
     return {name: scope[name] for name in block.saved if name in scope}
 
 
-def missing_name(name: str, label: str) -> KeyError:
-    return KeyError(
-        f"{name!r} was not assigned by the block at {label}: the statement that assigns it "
-        "did not run"
+def missing_name(name: str, label: str) -> NameError:
+    """A saved name the block did not assign: a NameError, as reading it would raise.
+
+    A builtin type, since workers have no afar: the client shows it as ``afar.SavedNameError``
+    where afar raises it (``afar.get``, the report of a failed ``afar.run`` block); a Future's
+    ``result()``, which is Dask's, raises it as this NameError.
+    """
+    return NameError(
+        f"the block at {label} did not assign {name!r} (the statement that assigns it did not "
+        "run), so afar cannot save it",
+        name=name,
     )
 
 

@@ -7,6 +7,7 @@ __all__ = [
     "BlockSyntaxError",
     "ClientError",
     "LocationError",
+    "LocationNameError",
     "NotPicklableError",
     "SavedNameError",
     "SourceError",
@@ -21,6 +22,14 @@ class LocationError(AfarError, TypeError):
     """The ``with`` statement does not name where to run: ``remotely``, ``locally`` or ``later``."""
 
 
+class LocationNameError(LocationError, NameError):
+    """The location of the ``with`` statement is a name that is not defined (a misspelling)."""
+
+    def __init__(self, message: str, name: str | None = None) -> None:
+        super().__init__(message)
+        self.name = name  # as NameError's, for tools that read it
+
+
 class SourceError(AfarError, RuntimeError):
     """The source of the block is not available, or it is not the code that is running."""
 
@@ -29,10 +38,13 @@ class BlockSyntaxError(AfarError, SyntaxError):
     """The body of the block cannot run as a block (``return`` at its top level, ...)."""
 
     def __init__(self, message: str, filename: str | None = None, lineno: int | None = None):
-        # Keep SyntaxError's attributes so tools that display file and line still do.
+        # Keep SyntaxError's attributes so tools that display file and line still do. A
+        # traceback shows them above the message (``msg``), as for any SyntaxError; str() names
+        # them after it, as SyntaxError's does.
         where = f"{filename}, line {lineno}" if filename and lineno else filename
         text = f"{message} ({where})" if where else message
         super().__init__(text)
+        self.msg = message
         self.filename = filename
         self.lineno = lineno
 

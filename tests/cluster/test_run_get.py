@@ -297,6 +297,33 @@ def test_retries_reach_the_task(options_client, tmp_path):
             attempts = len(record.read_text())
 
 
+def test_remotely_called_without_import_passes_its_options_issue_10(options_client, tmp_path):
+    """`remotely(...)` never imported: afar evaluates its arguments once, in the caller's scope
+    (here a closure cell and a comprehension), and the options reach the task."""
+    attempts_file = str(tmp_path / "attempts")
+    Path(attempts_file).write_text("")
+    wanted = GPU_RESOURCES
+
+    def block():
+        with (
+            afar.get(timeout=RESULT_TIMEOUT),
+            remotely(client=options_client, resources={k: v for k, v in wanted.items()}, retries=2),
+        ):
+            import pathlib
+
+            from distributed import get_worker
+
+            record = pathlib.Path(attempts_file)
+            record.write_text(record.read_text() + "+")
+            if len(record.read_text()) < 2:
+                raise RuntimeError("the first attempt fails")
+            name = get_worker().name
+        return name
+
+    assert block() == GPU_WORKER
+    assert Path(attempts_file).read_text() == "++"
+
+
 def test_priority_reaches_the_task(options_client):
     """Which of two ready tasks runs first is Dask's business; afar must hand it the priority.
 
@@ -391,7 +418,7 @@ def test_cancel_leaves_finished_blocks_alone(client):
 
 
 # -- a name assigned only on a branch not taken -------------------------------------------------
-def test_run_missing_name_raises_keyerror_on_result(client):
+def test_run_missing_name_raises_name_error_on_result(client):
     flag = False
     line = lineno() + 1
     with afar.run("assigned", "skipped"), remotely:
@@ -399,25 +426,26 @@ def test_run_missing_name_raises_keyerror_on_result(client):
         if flag:
             skipped = 2
     assert assigned.result(timeout=RESULT_TIMEOUT) == 1
-    with pytest.raises(KeyError) as raised:
+    with pytest.raises(NameError) as raised:  # Dask's result(): the worker's builtin error
         skipped.result(timeout=RESULT_TIMEOUT)
     assert "'skipped'" in str(raised.value) and here(line) in str(raised.value)
 
 
-def test_run_single_missing_name_raises_keyerror_on_result(client):
+def test_run_single_missing_name_raises_name_error_on_result(client):
     flag = False
     line = lineno() + 1
     with afar.run("skipped"), remotely:
         if flag:
             skipped = 2
-    with pytest.raises(KeyError) as raised:
+    with pytest.raises(NameError) as raised:  # Dask's result(): the worker's builtin error
         skipped.result(timeout=RESULT_TIMEOUT)
     assert "'skipped'" in str(raised.value) and here(line) in str(raised.value)
 
 
-def test_get_missing_name_raises_keyerror_at_the_with(client):
+def test_get_missing_name_raises_saved_name_error_at_the_with(client):
+    """The same error as a name never assigned at all, found before sending (issue 10)."""
     flag = False
-    with pytest.raises(KeyError) as raised:
+    with pytest.raises(afar.SavedNameError) as raised:
         line = lineno() + 1
         with afar.get("assigned", "skipped", timeout=RESULT_TIMEOUT), remotely:
             assigned = 1  # noqa: F841 - bound remotely

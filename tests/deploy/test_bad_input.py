@@ -64,6 +64,39 @@ CASES = [
         AT_THE_WITH,
     ),
     Case(
+        "A misspelled location",
+        "with afar.get, remotly:",
+        """\
+        def case(address):
+            with afar.get, remotly:
+                x = 1
+        """,
+        afar.LocationNameError,
+        AT_THE_WITH,
+    ),
+    Case(
+        "A context manager after the location",
+        "with afar.run, remotely, threading.Lock():",
+        """\
+        def case(address):
+            with afar.run, remotely, threading.Lock():
+                x = 1
+        """,
+        afar.LocationError,
+        AT_THE_WITH,
+    ),
+    Case(
+        "`:=` in the options of a location not imported",
+        "with afar.run, locally(quiet=(q := True)):",
+        """\
+        def case(address):
+            with afar.run, locally(quiet=(q := True)):
+                x = 1
+        """,
+        afar.LocationError,
+        AT_THE_WITH,
+    ),
+    Case(
         "Body on the header line",
         "with afar.run, remotely: x = 1",
         """\

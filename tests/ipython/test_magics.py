@@ -75,6 +75,39 @@ def test_line_magic_expression_may_end_with_a_comment(shell):
     assert ok(shell, "%afar -w locally base + 1  # eleven") == 11
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        "%afar -w locally base + 2;",
+        "%afar -w locally base + 2 ;  # hidden",
+        "%afar -g -w locally base + 2;",
+    ],
+)
+def test_line_magic_final_semicolon_hides_the_value_issue_10(shell, line, capsys):
+    ok(shell, "base = 10")
+    result = run(shell, line)
+    assert result.error_in_exec is None and result.error_before_exec is None
+    assert result.result is None
+    assert "12" not in capsys.readouterr().out
+
+
+def test_assigned_line_magic_with_a_final_semicolon_keeps_its_value_issue_10(shell):
+    ok(shell, "base = 10")
+    ok(shell, "w = %afar -g -w locally base + 2;")
+    assert shell.user_ns["w"] == 12
+
+
+def test_line_magic_with_a_final_semicolon_is_evaluated_issue_10(shell):
+    ok(shell, "import threading\nran = threading.Event()")
+    assert ok(shell, "%afar -w locally ran.set();") is None
+    assert shell.user_ns["ran"].is_set()
+
+
+def test_a_semicolon_between_statements_is_still_a_statement(shell):
+    ok(shell, "base = 10")
+    assert "is a statement" in usage_error(shell, "%afar -w locally base; base + 1")
+
+
 def test_cell_magic_binds_the_last_name_by_default(shell):
     ok(shell, "%%afar -w locally\nfirst = 1\nlast = first + 1")
     assert shell.user_ns["last"] == 2
@@ -181,6 +214,23 @@ def test_issue_4_block_in_a_cell_followed_by_more_code(shell):
     # IPython compiles a cell statement by statement: the with statement alone, not followed by
     # the rest of the cell as in the cell's whole text.
     assert ok(shell, "with afar.run, locally:\n    followed = base + 1\nfollowed * 2") == 22
+
+
+def test_issue_10_a_cell_block_with_a_context_manager_and_a_location_called_unimported(shell):
+    ok(shell, "import contextlib\nbase = 10\nlevel = 1")
+    source = (
+        "with contextlib.nullcontext(), afar.get, locally(quiet=[level][0] > 0):\n"
+        "    in_cell = base + level\n"
+    )
+    ok(shell, source)
+    assert shell.user_ns["in_cell"] == 11
+    assert "locally" not in shell.user_ns  # never imported
+
+
+def test_issue_10_a_misspelled_location_in_a_cell(shell):
+    result = run(shell, "with afar.get, lokally:\n    never = 1")
+    assert isinstance(result.error_in_exec, NameError)
+    assert "Did you mean: 'locally'?" in str(result.error_in_exec)
 
 
 # -- %%time and %%timeit --------------------------------------------------------------------

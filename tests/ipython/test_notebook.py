@@ -186,6 +186,23 @@ def test_cell_and_line_magics(executed):
     assert result.data["text/plain"] == "(12, 9, 3)"
 
 
+def test_a_line_magic_ending_with_a_semicolon_shows_nothing_issue_10(executed):
+    notebook, _, _ = executed
+    _, cell = code_cell(notebook, "thrice = %afar -g total * 3;")
+    # Nothing shown; a slow wait may leave the emptied indicator (no data), which shows nothing.
+    assert [o for o in cell.outputs if o.output_type == "execute_result" or o.get("data")] == []
+    (shown,) = [c for c in notebook.cells if c.cell_type == "code" and c.source == "thrice"]
+    (result,) = [o for o in shown.outputs if o.output_type == "execute_result"]
+    assert result.data["text/plain"] == "18"  # assigned all the same
+
+
+def test_a_context_manager_before_afar_get_runs_around_the_block_issue_10(executed):
+    notebook, _, _ = executed
+    _, cell = code_cell(notebook, "with get_task_stream() as stream, afar.get, remotely:")
+    (result,) = [o for o in cell.outputs if o.output_type == "execute_result"]
+    assert result.data["text/plain"] == "(42, True)"
+
+
 def test_a_magic_made_with_new_magic(executed):
     notebook, _, _ = executed
     _, cell = code_cell(notebook, "%%with_retries")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import linecache
 import textwrap
+import traceback
 
 import distributed
 import pytest
@@ -41,25 +42,25 @@ AT_THE_WITH = {
         "names no location",
         2,
     ),
-    "run-not-first": (
+    "context-manager-before-a-run-without-location": (
         """\
         def result(effects):
             with contextlib.nullcontext(), afar.run:
                 effects.append(1)
         """,
         afar.LocationError,
-        "must be the first item",
+        "names no location",
         2,
     ),
-    "run-not-first-before-a-location": (
+    "no-run-among-the-items": (
         """\
         def result(effects):
-            with contextlib.nullcontext(), afar.run, locally:
+            with contextlib.nullcontext() and afar.run, locally:
                 effects.append(1)
         """,
         afar.LocationError,
-        "must be the first item",
-        2,
+        r"cannot find afar\.run \(or afar\.get\) among the items",
+        None,
     ),
     "second-item-a-call-of-something-else": (
         """\
@@ -88,14 +89,64 @@ AT_THE_WITH = {
             with afar.run, elsewhere:
                 effects.append(1)
         """,
+        afar.LocationNameError,
+        "name 'elsewhere' is not defined. The item after afar.run.*remotely, locally or later",
+        2,
+    ),
+    "a-misspelled-location": (
+        """\
+        def result(effects):
+            with afar.get, remotly:
+                effects.append(1)
+        """,
+        afar.LocationNameError,
+        "name 'remotly' is not defined. Did you mean: 'remotely'?",
+        2,
+    ),
+    "a-misspelled-location-called": (
+        """\
+        def result(effects):
+            with afar.run, remotly(retries=2):
+                effects.append(1)
+        """,
+        afar.LocationNameError,
+        "name 'remotly' is not defined",
+        2,
+    ),
+    "a-misspelled-location-after-a-context-manager": (
+        """\
+        def result(effects):
+            with contextlib.nullcontext(), afar.get, lokally:
+                effects.append(1)
+        """,
+        afar.LocationNameError,
+        "name 'lokally' is not defined. Did you mean: 'locally'?",
+        2,
+    ),
+    "an-attribute-that-is-not-a-location": (
+        """\
+        def result(effects):
+            with afar.run, afar.remotly:
+                effects.append(1)
+        """,
         afar.LocationError,
-        "cannot tell where to run `elsewhere`",
+        r"cannot tell where to run `afar\.remotly`",
         2,
     ),
     "context-manager-after-the-location": (
         """\
         def result(effects):
             with afar.run, locally, contextlib.nullcontext():
+                effects.append(1)
+        """,
+        afar.LocationError,
+        r"`contextlib\.nullcontext\(\)` stands after the location",
+        2,
+    ),
+    "context-manager-after-the-location-behind-one-before": (
+        """\
+        def result(effects):
+            with contextlib.nullcontext(), afar.run, locally, contextlib.nullcontext():
                 effects.append(1)
         """,
         afar.LocationError,
@@ -339,25 +390,55 @@ AT_THE_WITH = {
         "never assigns 'effects'",
         2,
     ),
-    "bare-remotely-called-without-import": (
+    "unimported-remotely-with-an-unknown-option": (
         """\
         def result(effects):
-            with afar.run, remotely(resources={"GPU": 1}):
+            with afar.run, remotely(gpus=1):
+                effects.append(1)
+        """,
+        TypeError,
+        "remotely\\(\\) got unknown option\\(s\\) gpus",
+        None,
+    ),
+    "unimported-remotely-with-key": (
+        """\
+        def result(effects):
+            with afar.run, remotely(key="mine"):
                 effects.append(1)
         """,
         afar.LocationError,
-        "Import it first: from afar import remotely",
+        "does not take key",
+        None,
+    ),
+    "unimported-locally-with-submit-options": (
+        """\
+        def result(effects):
+            with afar.run, locally(resources={"GPU": 1}):
+                effects.append(1)
+        """,
+        afar.LocationError,
+        "locally takes no client or submit options",
+        None,
+    ),
+    "unimported-remotely-with-a-walrus-argument": (
+        """\
+        def result(effects):
+            with afar.run, remotely(retries=(n := 2)):
+                effects.append(1)
+        """,
+        afar.LocationError,
+        r"`\(n := 2\)` in the arguments of `remotely\(...\)` cannot be evaluated by afar",
         2,
     ),
-    "bare-locally-called-without-import": (
+    "unimported-remotely-with-a-failing-argument": (
         """\
         def result(effects):
-            with afar.run, locally():
+            with afar.run, remotely(retries={}["retries"]):
                 effects.append(1)
         """,
-        afar.LocationError,
-        "from afar import locally",
-        2,
+        KeyError,
+        "retries",
+        None,
     ),
     "remotely-owned-option-key": (
         """\
@@ -735,3 +816,14 @@ def test_state_is_clean_after_an_error(load_module):
     with pytest.raises(afar.LocationError):
         module.refused()
     assert module.accepted() == 1
+
+
+def test_block_syntax_error_shows_its_location_once_issue_10(load_module):
+    """A traceback shows a SyntaxError's file and line above its message: not again in it."""
+    module = load_module("import afar\n\ndef result():\n    with afar.run, locally: x = 1\n")
+    with pytest.raises(afar.BlockSyntaxError) as info:
+        module.result()
+    shown = "".join(traceback.format_exception_only(type(info.value), info.value))
+    assert shown.count("line 4") == 1, shown
+    assert f'File "{module.__file__}", line 4' in shown
+    assert str(info.value).endswith(f"({module.__file__}, line 4)")

@@ -254,7 +254,14 @@ LAST_BOUND = {
     "nested-function-locals-not-saved": ("x = 1\ndef f():\n    y = 2\n    return y", "f"),
     "lambda-walrus-not-saved": ("x = 1\nf = lambda: (z := 1)", "f"),
     "comprehension-not-saved": ("r = [i for i in s]", "r"),
-    "comprehension-walrus-not-saved": ("r = [y := i for i in s]", "r"),
+    # PEP 572: `:=` in a comprehension binds in the block's scope (issue 10), in source order.
+    "comprehension-walrus-saved": ("r = [y := i for i in s]", "y"),
+    "comprehension-walrus-last-statement": (
+        "values = [1, 2]\nany((hit := v) > 1 for v in values)",
+        "hit",
+    ),
+    "nested-comprehension-walrus": ("r = 0\n[[(w := j) for j in i] for i in s]", "w"),
+    "lambda-in-comprehension-walrus-not-saved": ("r = [lambda: (z := i) for i in s]", "r"),
     "class-body-not-saved": ("class C:\n    attr = 1", "C"),
     "match-star": ("match v:\n    case [a, *rest]:\n        pass", "rest"),
     "match-mapping-rest": ("match v:\n    case {'k': a, **rest}:\n        pass", "rest"),
