@@ -107,7 +107,6 @@ def test_get_task_stream_before_afar_get_sees_the_block_s_task(client):
 
 def test_performance_report_before_afar_get(client, tmp_path):
     """The form of the issue: Dask's report covers the block's task."""
-    pytest.importorskip("bokeh")  # Dask draws the report with bokeh
     report = tmp_path / "report.html"
     with performance_report(filename=str(report)), afar.get(timeout=RESULT_TIMEOUT), remotely:
         reported = "done"
