@@ -69,12 +69,14 @@ class Location:
         submit_options: dict[str, Any] | None = None,
         secede: bool | None = None,
         progress: bool = True,
+        timeout: float | None = None,
     ) -> None:
         self.where = where
         self.client = client
         self.quiet = quiet
         self.secede = secede
         self.progress = progress
+        self.timeout = timeout
         self.submit_options = dict(submit_options or {})
 
     def __call__(
@@ -84,6 +86,7 @@ class Location:
         quiet: bool = False,
         secede: bool | None = None,
         progress: bool | None = None,
+        timeout: float | str | None = None,
         **submit_options: Any,
     ) -> Location:
         """A location like this one with a client and options for ``client.submit``.
@@ -105,6 +108,10 @@ class Location:
             it runs: in the block's notebook cell, or on an interactive terminal's stderr.
             On by default; ``progress=False`` turns it off. Nothing is shown when stderr is not
             a terminal (outside Jupyter), nor with ``quiet=True``.
+        timeout : float or str, optional
+            Time limit of the block on the worker, in seconds or as a Dask time string such as
+            ``"5m"``: past it the block is stopped and its result is a ``TimeoutError``. It
+            counts from when the block starts on the worker, not the time it waits in the queue.
         **submit_options
             Passed to ``client.submit`` for the block's task.
         """
@@ -122,17 +129,26 @@ class Location:
                 "key of the block's task itself and always submits it as impure. Pass options "
                 "of client.submit such as resources=, workers=, retries= or priority="
             )
-        if self.where is not Where.REMOTELY and (submit_options or client is not None):
+        if self.where is not Where.REMOTELY and (
+            submit_options or client is not None or timeout is not None
+        ):
             raise LocationError(
-                f"{self.where.value} takes no client or submit options: only remotely(...) "
-                "submits to Dask"
+                f"{self.where.value} takes no client, timeout or submit options: only "
+                "remotely(...) submits to Dask"
             )
         options = {**self.submit_options, **submit_options}
         chosen_client = client if client is not None else self.client
         chosen_secede = secede if secede is not None else self.secede
         chosen_progress = progress if progress is not None else self.progress
+        limit = time_limit(timeout) if timeout is not None else self.timeout
         return type(self)(
-            self.where, chosen_client, quiet, options, chosen_secede, progress=chosen_progress
+            self.where,
+            chosen_client,
+            quiet,
+            options,
+            chosen_secede,
+            progress=chosen_progress,
+            timeout=limit,
         )
 
     def __enter__(self) -> None:
@@ -153,7 +169,30 @@ class Location:
         details += ["quiet=True"] if self.quiet else []
         details += [f"secede={self.secede}"] if self.secede is not None else []
         details += [] if self.progress else ["progress=False"]
+        details += [f"timeout={self.timeout:g}"] if self.timeout is not None else []
         return f"{self.where.value}({', '.join(details)})" if details else self.where.value
+
+
+def time_limit(timeout: object) -> float:
+    """Seconds of ``remotely(timeout=...)``: a positive number or a Dask time string ("5m")."""
+    seconds: object = timeout
+    if isinstance(timeout, str):
+        from dask.utils import parse_timedelta
+
+        try:
+            seconds = parse_timedelta(timeout, default="seconds")
+        except (ValueError, KeyError, TypeError):
+            seconds = None
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not 0 < seconds < float("inf")
+    ):
+        raise TypeError(
+            f"remotely(timeout=...) takes a positive number of seconds or a Dask time string "
+            f"such as '90s' or '5m', not {timeout!r}"
+        )
+    return float(seconds)
 
 
 remotely = Location(Where.REMOTELY)

@@ -365,6 +365,29 @@ class _Capture(Emitter):
                 return
             self._seq += 1
 
+    def stop(self, *, keep: bool, notice: str | None = None) -> None:
+        """The block is being stopped: capture nothing more of it, from any thread.
+
+        With ``keep``, output written so far is still sent (a block past its time limit); else
+        it is dropped (a cancelled block: nobody waits for it). ``notice`` (a line of afar's) is
+        sent on the block's stderr even after the capture has stopped.
+        """
+        with self._lock:
+            if self._broken:
+                return
+            try:
+                if not self._closed:
+                    self._closed = True
+                    if keep and self._pending:
+                        self._flush_locked(from_loop=False)
+                    self._pending, self._last, self._pending_chars = [], None, 0
+                    self._dropped_chars = 0
+                if notice is not None:
+                    self._worker.log_event(self._topic, self._message([[STDERR, notice]]))
+                    self._seq += 1
+            except Exception:
+                self._break_locked()
+
     def _append_locked(self, stream: str, text: str) -> None:
         last = self._last
         if last is not None and last[0] == stream:

@@ -150,9 +150,10 @@ def submit_block(
     strict: bool,
     options: Mapping[str, Any],
     key: str,
+    limit: float | None = None,
 ) -> Future:
     """The body task (one per block). No round trip: the client batches what it sends."""
-    function, argument = run_block.task(packed, payload, futures, stream, strict)
+    function, argument = run_block.task(packed, payload, futures, stream, strict, limit)
     try:
         return client.submit(function, argument, key=key, pure=False, **options)
     except TypeError as error:

@@ -15,6 +15,7 @@ import sys
 import threading
 import traceback
 import types
+import weakref
 from collections.abc import Awaitable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from afar._output import STDERR, stream_identity
 from afar._scope import call_arguments, enclosing_values
 from afar._shipping import culprits, ensure_runtime
 from afar._stream import OutputRouter, Sink, failure_report, report_failure, router_for
-from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, missing_name, run_here
+from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, TIMED_OUT, missing_name, run_here
 from afar.errors import (
     ClientError,
     LocationError,
@@ -359,7 +360,7 @@ class Run:
                 if inspect.isawaitable(cancelling):  # an asynchronous client's cancel
                     await cancelling
                 raise
-            _bind_results(entry, results)
+            _bind_results(entry, _unless_timed_out(results))
 
     def _send(
         self,
@@ -378,7 +379,10 @@ class Run:
         plain, futures = _remote.split_inputs(values)
         payload = _remote.pickle_inputs(plain, block.label)
         strict = not self._returns_futures
-        single = self._returns_futures and len(entry.saved) == 1
+        limit = location.timeout
+        # A block with a time limit returns its names through getters, which raise the
+        # TimeoutError of a block stopped at its limit (its task itself finishes: no retries).
+        single = self._returns_futures and len(entry.saved) == 1 and limit is None
         seeds = _seeds(entry, values)
         packed = block.packed(seeds, entry.saved, single, display, location.secede)
         key = _remote.new_key(block)
@@ -399,16 +403,50 @@ class Run:
                 router.register(key, sink)
             # else the default sink; the router still forgets the block when it finishes
         body = _remote.submit_block(
-            client, block, packed, payload, futures, stream, strict, location.submit_options, key
+            client,
+            block,
+            packed,
+            payload,
+            futures,
+            stream,
+            strict,
+            location.submit_options,
+            key,
+            limit,
         )
         self._track(entry, body, futures, router, sink)
         if self._returns_futures:
             if single:
-                named = {entry.saved[0]: body}
+                # The user's own Future of the body, so that afar sees it dropped (below).
+                named = {entry.saved[0]: Future(body.key, client)}
             else:
                 named = _remote.submit_getters(client, block, body, entry.saved)
             _bind_results(entry, named)
+            if named:
+                self._hold_while_wanted(body, list(named.values()))
         return body
+
+    def _hold_while_wanted(self, body: Future, wanted: list[Future]) -> None:
+        """Let go of a running block once the user dropped every Future of its names.
+
+        Dask then no longer wants the block (unless another task needs it) and the worker stops
+        it. A block that saves no names is held until it finishes.
+        """
+        pending = self._pending
+        held = weakref.ref(body)
+        remaining = [len(wanted)]
+
+        def dropped() -> None:
+            with pending.lock:
+                remaining[0] -= 1
+                future = held()
+                if remaining[0] or future is None or future not in pending.futures:
+                    return
+                pending.futures.discard(future)
+            future.release()
+
+        for future in wanted:
+            weakref.finalize(future, dropped)
 
     def _track(
         self,
@@ -704,7 +742,7 @@ def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
     try:
         with _waiting_indicator(entry.block.label):  # in a notebook: "running on the cluster"
             try:
-                return body.result(timeout=timeout)
+                values = body.result(timeout=timeout)
             except (TimeoutError, asyncio.TimeoutError) as error:
                 if body.status == "error":
                     raise  # the block itself raised it
@@ -717,16 +755,24 @@ def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
                     ) from error
                 body.cancel()
                 raise TimeoutError(
-                    f"the block at {entry.block.label} did not finish within {timeout} s; "
-                    "it was cancelled"
+                    f"the block at {entry.block.label} did not finish within {timeout} s "
+                    "(afar.get(timeout=...)); it was stopped"
                 ) from None
             except TypeError as error:
                 if body.status != "finished":
                     raise  # the block itself raised TypeError
                 raise _not_picklable_back(body, entry.block.label, error) from error
     except KeyboardInterrupt:
-        body.cancel()
+        body.cancel()  # the worker stops the block (afar's worker plugin sees it cancelled)
         raise
+    return _unless_timed_out(values)
+
+
+def _unless_timed_out(values: Any) -> Any:
+    """The values of a finished afar.get block; a block stopped at its time limit raises."""
+    if isinstance(values, tuple) and values[:1] == (TIMED_OUT,):
+        raise TimeoutError(values[1])
+    return values
 
 
 # Seconds to find which saved value could not be sent back (one small task, failure path only).
@@ -808,6 +854,10 @@ def _shown_from_block(error: BaseException, skipped: BaseException | None) -> Ba
         error = SavedNameError(*error.args)
     elif tb is not None or _raised_by_afar_on_the_worker(error):
         error = error.with_traceback(_for_ipython(tb))
+    elif isinstance(error, KeyboardInterrupt):
+        # Ctrl-C while afar waited: it struck in Dask's or threading's code, which says nothing
+        # to the user. Raised again from __exit__, it points at the with statement.
+        error = error.with_traceback(None)
     if error.__context__ is None or error.__context__ is skipped:
         error.__suppress_context__ = True
     return error
@@ -858,6 +908,10 @@ def _note_block(error: BaseException, entry: _Entry) -> BaseException:
     KilledWorker names only the task's key: a note names the block (Python 3.11+). Their
     traceback runs through Dask's client code, whose frames hold the block's Future: dropped.
     """
+    if isinstance(error, KeyboardInterrupt) and error.__traceback__ is None:
+        if hasattr(error, "add_note"):
+            error.add_note(f"[afar] the block at {entry.block.label} was stopped on the worker")
+        return error
     if type(error).__module__.startswith("distributed."):
         error = error.with_traceback(None)
         if hasattr(error, "add_note"):

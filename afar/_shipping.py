@@ -49,7 +49,9 @@ class Shipped:
         return self.task_function, dict(zip(self.arguments, values))
 
 
-run_block = Shipped(_worker.run_block, ("packed", "payload", "futures", "stream", "strict"))
+run_block = Shipped(
+    _worker.run_block, ("packed", "payload", "futures", "stream", "strict", "limit")
+)
 pick = Shipped(_worker.pick, ("values", "which"))
 culprits = Shipped(_worker.unpicklable_names, ("values",))
 _SHIPPED = (run_block, pick, culprits)

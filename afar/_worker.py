@@ -17,9 +17,11 @@ import ast
 import base64
 import builtins
 import contextlib
+import ctypes
 import linecache
 import pickle
 import sys
+import threading
 import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -42,6 +44,15 @@ SHIPPED_ATTRIBUTE = "_afar_shipped_functions_v1"
 # File name of afar's worker functions, which the client's Dask leaves out of tracebacks
 # (dask config "admin.traceback.shorten"), together with the "<string>" of the task's eval.
 RUNTIME_FILENAME = "<afar runtime>"
+# Process-wide table of the blocks running in this worker process, by task key (see Running).
+RUNNING_ATTRIBUTE = "_afar_running_blocks_v1"
+# A block being stopped that is still running after this long is in a call Python cannot
+# interrupt (C code): afar says so in its output and raises the stop again every this long.
+STOP_GRACE_SECONDS = 0.5
+# Worker-side states of a task that Dask no longer wants (cancelled, released, forgotten).
+UNWANTED_STATES = frozenset({"cancelled", "released", "forgotten"})
+# The first item of what a block stopped at its time limit returns instead of its names.
+TIMED_OUT = "@afar_timed_out"
 
 
 class BlockCode(NamedTuple):
@@ -80,6 +91,137 @@ class Runtime(WorkerPlugin):
         for function in self.functions.values():
             function.__code__ = function.__code__.replace(co_filename=RUNTIME_FILENAME)
         sys.__dict__.setdefault(SHIPPED_ATTRIBUTE, {}).update(self.functions)
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        """Stop a running block as soon as Dask no longer wants it (cancelled or released)."""
+        if finish in UNWANTED_STATES:
+            running = running_blocks()["blocks"].get(key)
+            if running is not None:
+                running.stop("cancelled")
+
+
+class BlockStopped(BaseException):
+    """Raised asynchronously in the thread of a block that is being stopped.
+
+    A BaseException, as KeyboardInterrupt is: ``except Exception`` in the block does not catch
+    it.
+    """
+
+
+def running_blocks() -> dict[str, Any]:
+    """The process-wide table of running blocks and the one class of the stop exception.
+
+    Every copy of this module (each task may get its own) uses the same ones.
+    """
+    table = sys.__dict__.get(RUNNING_ATTRIBUTE)
+    if table is None:
+        table = sys.__dict__.setdefault(RUNNING_ATTRIBUTE, {"blocks": {}, "error": BlockStopped})
+    return table
+
+
+def _set_async_exc(thread: int, error: Any) -> None:
+    """Raise ``error`` (a ``py_object`` of a class) in ``thread`` at its next Python line.
+
+    None withdraws an exception not delivered yet.
+    """
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), error)
+
+
+class Running:
+    """One block running in a worker thread, and the stop window of that thread.
+
+    The stop exception is raised into the block's thread only while the block's own function
+    runs: ``start`` opens the window right before the call, ``close`` shuts it right after and
+    withdraws an exception not delivered yet. They and ``stop`` hold the lock, so an exception
+    never lands in Dask's code after the block returned. A stop raises it once (the watchdog
+    again, under the lock, while the window is open), so after ``close`` none is pending.
+    """
+
+    __slots__ = (
+        "emitter",
+        "error",
+        "finished",
+        "label",
+        "limit",
+        "lock",
+        "reason",
+        "state",
+        "thread",
+    )
+
+    def __init__(self, label: str, error: type[BaseException], limit: float | None) -> None:
+        self.thread = threading.get_ident()
+        self.label = label
+        self.error = error
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.state = "starting"  # starting, running, stopping, done
+        self.reason: str | None = None  # "cancelled" or "timeout"
+        self.emitter: Any = None
+        self.finished = threading.Event()
+
+    def start(self) -> None:
+        """Open the window; a stop asked for before it opened is raised here, at once."""
+        with self.lock:
+            if self.reason is None:
+                self.state = "running"
+                return
+            self.state = "stopping"
+        raise self.error
+
+    def stop(self, reason: str) -> None:
+        """Stop the block (from any thread): raise the stop exception in its thread."""
+        with self.lock:
+            if self.reason is not None or self.state == "done":
+                return
+            self.reason = reason
+            if self.state != "running":
+                return  # not started yet: ``start`` raises it
+            self.state = "stopping"
+            _set_async_exc(self.thread, ctypes.py_object(self.error))
+            if self.emitter is not None:
+                self.emitter.stop(keep=reason == "timeout")
+        threading.Thread(target=self._watch, name="afar-stop-watchdog", daemon=True).start()
+
+    def close(self) -> None:
+        """Shut the window (on the block's thread, right after its function); idempotent."""
+        with self.lock:
+            if self.state == "stopping":
+                _set_async_exc(self.thread, None)
+            self.state = "done"
+        self.finished.set()
+
+    def _watch(self) -> None:
+        """Say so when the block does not stop at once (a long call in C), and insist."""
+        told = False
+        while not self.finished.wait(STOP_GRACE_SECONDS):
+            with self.lock:
+                if self.state != "stopping":
+                    return
+                if not told and self.emitter is not None:
+                    told = True
+                    self.emitter.stop(keep=False, notice=self._notice())
+                _set_async_exc(self.thread, ctypes.py_object(self.error))
+
+    def _notice(self) -> str:
+        why = (
+            f"it ran past its time limit of {self.limit:g} s"
+            if self.reason == "timeout"
+            else "it was cancelled"
+        )
+        return (
+            f"[afar] {self.label}: stopping the block ({why}); it is in a call that Python "
+            "cannot interrupt (C code such as time.sleep or a NumPy operation) and stops at "
+            "its next Python line\n"
+        )
+
+    def timed_out(self) -> tuple[str, str]:
+        """What the block's task returns when stopped at its limit: ``(TIMED_OUT, message)``."""
+        return (
+            TIMED_OUT,
+            f"the block at {self.label} ran past its time limit of {self.limit:g} s "
+            f"(remotely(timeout=...)) on {_worker_address()} and was stopped",
+        )
 
 
 def compiled_blocks() -> dict[bytes, tuple[BlockCode, types.CodeType]]:
@@ -197,6 +339,8 @@ def missing_name(name: str, label: str) -> NameError:
 def pick(values: dict[str, Any], which: bytes) -> Any:
     """Getter task: one saved name (``which`` pickles ``(name, label)``) of a block's dict."""
     name, label = pickle.loads(which)
+    if isinstance(values, tuple) and values[:1] == (TIMED_OUT,):
+        raise TimeoutError(values[1])
     if name not in values:
         raise missing_name(name, label)
     return values[name]
@@ -240,6 +384,7 @@ def run_block(
     futures: dict[str, Any],
     stream: tuple[str, Any] | None,
     strict: bool,
+    limit: float | None = None,
 ) -> Any:
     """The body task: bind the inputs, run the block, stream its output, return its names.
 
@@ -249,54 +394,80 @@ def run_block(
     ``stream`` is ``(topic, the client's stream identity, progress)`` for output (None: not
     captured); with ``progress``, the counts of the Dask work the block submits are sent too.
     With ``strict``, every saved name must have been assigned (``afar.get``); otherwise missing
-    ones are left out (getter tasks raise).
+    ones are left out (getter tasks raise). ``limit``: seconds the block may run.
+
+    The block can be stopped while it runs (see ``Running``): when Dask no longer wants its
+    task, it returns None (Dask drops it); past ``limit``, it returns ``Running.timed_out()``.
 
     Everything happens in this one frame, so that a traceback shows one frame of afar's (which
     the client's Dask hides, see ``RUNTIME_FILENAME``) above the user's lines.
     """
+    from distributed import get_worker
+
     block, code = block_and_code(packed)
     namespace = load_inputs(payload, block.label)
     namespace.update(futures)
     seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}
     function = new_function(code, namespace)
+    key = get_worker().get_current_task()
     if stream is None:
         capturing: Any = contextlib.nullcontext(None)
         progress = False
     else:
-        from distributed import get_worker
-
         # (topic, client's stream identity[, whether to report the progress of Dask work])
         topic, client_streams, *options = stream
         progress = bool(options and options[0])
-        key = str(get_worker().get_current_task())
-        capturing = capture_output(topic, key, block.label, client_streams=client_streams)
+        capturing = capture_output(topic, str(key), block.label, client_streams=client_streams)
+    table = running_blocks()
+    stop_error = table["error"]
+    running = Running(block.label, stop_error, limit)
     seceded = block.secede and _secede()
-    with capturing as emitter:
-        watcher = watch_progress(emitter) if progress else None
-        try:
-            scope = function(**seeds)
-        except ModuleNotFoundError as error:
-            if not (error.name and _raised_by_block(error, block)):
-                raise
-            # An import in the block itself: keep the type, say where and what to do.
-            message = (
-                f"No module named {error.name!r} on {_worker_address()} (block at "
-                f"{block.label}): install it in the workers' environment, for example with "
-                "distributed.diagnostics.plugin.PipInstall"
-            )
-            raise ModuleNotFoundError(message, name=error.name).with_traceback(
-                error.__traceback__.tb_next if error.__traceback__ else None
-            ) from None
-        finally:
-            if watcher is not None:
-                watcher.stop()
-            if seceded:
-                from distributed import rejoin
+    table["blocks"][key] = running
+    timer = None
+    try:
+        with capturing as emitter:
+            running.emitter = emitter if hasattr(emitter, "stop") else None  # None: quiet
+            watcher = watch_progress(emitter) if progress else None
+            try:
+                try:
+                    try:
+                        if limit is not None:
+                            timer = threading.Timer(limit, running.stop, ("timeout",))
+                            timer.daemon = True
+                            timer.start()
+                        running.start()
+                        scope = function(**seeds)
+                    finally:
+                        running.close()
+                except stop_error:
+                    running.close()  # if the stop landed in the first close
+                    return running.timed_out() if running.reason == "timeout" else None
+                except ModuleNotFoundError as error:
+                    if not (error.name and _raised_by_block(error, block)):
+                        raise
+                    # An import in the block itself: keep the type, say where and what to do.
+                    message = (
+                        f"No module named {error.name!r} on {_worker_address()} (block at "
+                        f"{block.label}): install it in the workers' environment, for example "
+                        "with distributed.diagnostics.plugin.PipInstall"
+                    )
+                    raise ModuleNotFoundError(message, name=error.name).with_traceback(
+                        error.__traceback__.tb_next if error.__traceback__ else None
+                    ) from None
+            finally:
+                if watcher is not None:
+                    watcher.stop()
+            shown = scope.pop(DISPLAY_NAME, None)
+            if emitter is not None and shown is not None:
+                emitter.send(DISPLAY, mimebundle(shown))
+    finally:
+        if timer is not None:
+            timer.cancel()
+        table["blocks"].pop(key, None)
+        if seceded:
+            from distributed import rejoin
 
-                rejoin()
-        shown = scope.pop(DISPLAY_NAME, None)
-        if emitter is not None and shown is not None:
-            emitter.send(DISPLAY, mimebundle(shown))
+            rejoin()
     values = saved_values(block, scope)
     if strict and not block.single:
         missing = [name for name in block.saved if name not in values]
