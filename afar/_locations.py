@@ -133,7 +133,7 @@ class Location:
             submit_options or client is not None or timeout is not None
         ):
             raise LocationError(
-                f"{self.where.value} takes no client, timeout or submit options: only "
+                f"{self.where.value} takes no client or submit options and no timeout: only "
                 "remotely(...) submits to Dask"
             )
         options = {**self.submit_options, **submit_options}

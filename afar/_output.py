@@ -33,8 +33,10 @@ Item kinds (``KINDS``): ``STDOUT`` and ``STDERR`` with a str (consecutive writes
 merged; at most ``BATCH_MAX_CHARS`` characters of text per event); ``DISPLAY`` with whatever the
 runner sends (e.g. a mimebundle dict); ``LIMIT`` with ``{"chars": limit}`` when the block's output
 reaches its limit; ``DROPPED`` with ``{"chars": n, "lines": n}`` when the block ends after output
-was dropped; ``PROGRESS`` with the counts of the block's Dask work (``afar._progress``).
-``Emitter.send`` may add other kinds; clients ignore kinds they do not know.
+was dropped; ``PROGRESS`` with the counts of the block's Dask work (``afar._progress``);
+``NOTICE`` with a line of afar's own for the client's stderr (a block being stopped), shown even
+for a block whose output the client no longer shows. ``Emitter.send`` may add other kinds;
+clients ignore kinds they do not know.
 
 A block that writes nothing sends nothing, not even an end marker: the client learns that a block
 has ended from its Future, and Dask delivers a worker's events to the client before the result of
@@ -78,7 +80,8 @@ DISPLAY = "display"
 LIMIT = "limit"
 DROPPED = "dropped"
 PROGRESS = "progress"
-KINDS = (STDOUT, STDERR, DISPLAY, LIMIT, DROPPED, PROGRESS)
+NOTICE = "notice"
+KINDS = (STDOUT, STDERR, DISPLAY, LIMIT, DROPPED, PROGRESS, NOTICE)
 TEXT_KINDS = (STDOUT, STDERR)
 
 # Latency of live output: a line reaches the client within about this long.
@@ -383,7 +386,7 @@ class _Capture(Emitter):
                     self._pending, self._last, self._pending_chars = [], None, 0
                     self._dropped_chars = 0
                 if notice is not None:
-                    self._worker.log_event(self._topic, self._message([[STDERR, notice]]))
+                    self._worker.log_event(self._topic, self._message([[NOTICE, notice]]))
                     self._seq += 1
             except Exception:
                 self._break_locked()

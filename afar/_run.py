@@ -31,7 +31,14 @@ from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBod
 from afar._output import STDERR, stream_identity
 from afar._scope import call_arguments, enclosing_values
 from afar._shipping import culprits, ensure_runtime
-from afar._stream import OutputRouter, Sink, failure_report, report_failure, router_for
+from afar._stream import (
+    OutputRouter,
+    Sink,
+    failure_report,
+    report_failure,
+    router_for,
+    silence,
+)
 from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, TIMED_OUT, missing_name, run_here
 from afar.errors import (
     ClientError,
@@ -212,7 +219,7 @@ class Run:
         with self._pending.lock:
             futures = list(self._pending.futures)
         for future in futures:
-            future.cancel()
+            _stop(future)
 
     # -- enter ------------------------------------------------------------------------------
     def _enter(self, frame: types.FrameType, asynchronous: bool) -> MutableMapping[str, Any]:
@@ -356,6 +363,7 @@ class Run:
             try:
                 results = await body
             except BaseException:
+                silence(client, body.key)
                 cancelling = body.cancel()
                 if inspect.isawaitable(cancelling):  # an asynchronous client's cancel
                     await cancelling
@@ -423,30 +431,49 @@ class Run:
                 named = _remote.submit_getters(client, block, body, entry.saved)
             _bind_results(entry, named)
             if named:
-                self._hold_while_wanted(body, list(named.values()))
+                self._hold_while_wanted(body, named, client)
         return body
 
-    def _hold_while_wanted(self, body: Future, wanted: list[Future]) -> None:
-        """Let go of a running block once the user dropped every Future of its names.
+    def _hold_while_wanted(self, body: Future, named: dict[str, Future], client: Any) -> None:
+        """Let go of a running block once each Future of its names was dropped or cancelled.
 
         Dask then no longer wants the block (unless another task needs it) and the worker stops
-        it. A block that saves no names is held until it finishes.
+        it. A block that saves no names is held until it finishes. A getter is seen cancelled
+        through afar's own Future of its key, whose done-callback does not keep the user's one.
         """
         pending = self._pending
         held = weakref.ref(body)
-        remaining = [len(wanted)]
+        count = len(named)  # the closures below must not hold the Futures themselves
+        gone: set[str] = set()
+        watchers: list[Future] = []
 
-        def dropped() -> None:
+        def let_go(name: str) -> None:
             with pending.lock:
-                remaining[0] -= 1
+                if name in gone:
+                    return
+                gone.add(name)
                 future = held()
-                if remaining[0] or future is None or future not in pending.futures:
+                if len(gone) < count or future is None or future not in pending.futures:
                     return
                 pending.futures.discard(future)
             future.release()
+            for watcher in watchers:
+                watcher.release()
 
-        for future in wanted:
-            weakref.finalize(future, dropped)
+        def watched(name: str) -> Any:
+            def done(watcher: Future) -> None:
+                if watcher.status == "cancelled":
+                    let_go(name)
+                watcher.release()
+
+            return done
+
+        for name, future in named.items():
+            weakref.finalize(future, let_go, name)
+            if future.key != body.key:
+                watcher = Future(future.key, client)
+                watchers.append(watcher)
+                watcher.add_done_callback(watched(name))
 
     def _track(
         self,
@@ -471,7 +498,10 @@ class Run:
             with pending.lock:
                 pending.futures.discard(future)
             if router is not None:
-                router.unregister(future.key)
+                if future.status == "cancelled":
+                    router.silence(future.key)  # stopped: late output is not shown
+                else:
+                    router.unregister(future.key)
             if report and future.status == "error":
                 text = _failure_text(future, input_futures)
                 if sink is not None:
@@ -753,19 +783,25 @@ def _wait_values(body: Future, entry: _Entry) -> dict[str, Any]:
                         f"the block at {entry.block.label} finished, but its values did not "
                         f"arrive within {timeout} s"
                     ) from error
-                body.cancel()
+                _stop(body)
                 raise TimeoutError(
                     f"the block at {entry.block.label} did not finish within {timeout} s "
-                    "(afar.get(timeout=...)); it was stopped"
+                    "(afar.get(timeout=...)); it was cancelled and stopped on the worker"
                 ) from None
             except TypeError as error:
                 if body.status != "finished":
                     raise  # the block itself raised TypeError
                 raise _not_picklable_back(body, entry.block.label, error) from error
     except KeyboardInterrupt:
-        body.cancel()  # the worker stops the block (afar's worker plugin sees it cancelled)
+        _stop(body)
         raise
     return _unless_timed_out(values)
+
+
+def _stop(body: Future) -> None:
+    """Cancel a block: the worker stops it (afar's plugin sees it cancelled); drop its output."""
+    silence(body.client, body.key)
+    body.cancel()
 
 
 def _unless_timed_out(values: Any) -> Any:

@@ -34,7 +34,17 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from afar._output import DISPLAY, DROPPED, LIMIT, PROGRESS, PROTOCOL, STDERR, STDOUT, TEXT_KINDS
+from afar._output import (
+    DISPLAY,
+    DROPPED,
+    LIMIT,
+    NOTICE,
+    PROGRESS,
+    PROTOCOL,
+    STDERR,
+    STDOUT,
+    TEXT_KINDS,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -49,6 +59,7 @@ __all__ = [
     "report_failure",
     "restart_notice",
     "router_for",
+    "silence",
     "topic_for",
 ]
 
@@ -213,11 +224,12 @@ def _dropped_notice(label: str, data: dict[str, Any]) -> str:
 class _Block:
     """Client-side state of one block: its sink (None: the default sink) and attempts seen."""
 
-    __slots__ = ("attempts", "sink")
+    __slots__ = ("attempts", "silenced", "sink")
 
     def __init__(self, sink: Sink | None) -> None:
         self.sink = sink
         self.attempts: list[str] = []
+        self.silenced = False  # stopped: only afar's notices are shown
 
     def restarted(self, attempt: str) -> bool:
         """Note ``attempt``; whether it is a new attempt after another one."""
@@ -265,6 +277,21 @@ class OutputRouter:
             self._blocks.pop(block, None)
             self._unregistered.pop(block, None)
 
+    def silence(self, block: str) -> None:
+        """Show nothing more of ``block`` (it was cancelled) but afar's notices; from any thread.
+
+        Its output still on the way is dropped. Remembered like a block without a sink (at most
+        ``MAX_UNREGISTERED`` of them).
+        """
+        with self._lock:
+            state = self._blocks.pop(block, None) or self._unregistered.pop(block, None)
+            state = state or _Block(None)
+            state.silenced = True
+            state.sink = None
+            self._unregistered[block] = state
+            if len(self._unregistered) > MAX_UNREGISTERED:
+                self._unregistered.popitem(last=False)
+
     def __len__(self) -> int:
         """Number of blocks the router holds state for."""
         with self._lock:
@@ -291,11 +318,15 @@ class OutputRouter:
                     self._unregistered.popitem(last=False)
             restarted = state.restarted(str(message.get("attempt")))
             sink = state.sink or self.default_sink
+            silenced = state.silenced
+        items = message.get("items", ())
+        if silenced:
+            items = [item for item in items if item and item[0] == NOTICE]
         try:
-            if restarted:
+            if restarted and not silenced:
                 worker = str(message.get("worker", "another worker"))
                 sink.write(STDERR, restart_notice(label, worker))
-            _deliver(sink, label, message.get("items", ()))
+            _deliver(sink, label, items)
         except Exception:
             # The handler runs on the client's event loop: a failing sink must not disturb it.
             logger.exception("afar: the output sink of %s failed", label)
@@ -328,6 +359,8 @@ def _deliver(sink: Sink, label: str, items: Iterable[Any]) -> None:
             sink.write(kind, data)
         elif kind == DISPLAY:
             sink.display(data)
+        elif kind == NOTICE:
+            sink.write(STDERR, data)
         elif kind == LIMIT:
             sink.write(STDERR, _limit_notice(label, data))
         elif kind == DROPPED:
@@ -342,6 +375,14 @@ def _deliver(sink: Sink, label: str, items: Iterable[Any]) -> None:
 
 _routers: weakref.WeakKeyDictionary[Client, OutputRouter] = weakref.WeakKeyDictionary()
 _routers_lock = threading.Lock()
+
+
+def silence(client: Client, block: str) -> None:
+    """Show nothing more of ``block``'s output, if ``client`` has a router (see ``silence``)."""
+    with _routers_lock:
+        router = _routers.get(client)
+    if router is not None:
+        router.silence(block)
 
 
 def router_for(client: Client) -> OutputRouter:

@@ -445,8 +445,8 @@ def test_unwatched_failure_is_reported_promptly_once_with_the_users_lines(client
         with afar.run, remotely:
             numerator = 1
             ratio = numerator / 0  # unwatched: divides by zero
-        del ratio  # nobody keeps the Future, nobody waits for it
-        gc.collect()
+        # Kept, not waited for: dropping it would cancel the block (see test_stopping.py).
+        assert ratio.key
         assert console.wait_for(STDERR, report_header(here(with_line)), PROMPT_SECONDS)
         assert time.monotonic() - started < PROMPT_SECONDS
         settle(console)
@@ -469,7 +469,7 @@ def test_a_block_whose_input_failed_says_so(client: Client) -> None:
         reading_line = lineno() + 1
         with afar.run, remotely:
             uses = [broken, 1]
-        del uses
+        assert uses.key  # kept (dropping it would cancel the block), not waited for
         assert console.wait_for(STDERR, report_header(here(reading_line)))
         settle(console)
         report_of(console, here(failing_line))  # the failing block itself: reported once
