@@ -182,6 +182,16 @@ CASES = [
         AT_THE_CALL,
     ),
     Case(
+        "A time limit that is not a duration",
+        'remotely(timeout="soon")',
+        """\
+        def case(address):
+            remotely(timeout="soon")
+        """,
+        TypeError,
+        AT_THE_CALL,
+    ),
+    Case(
         "An option afar sets itself",
         'remotely(key="mine")',
         """\
