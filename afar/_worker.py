@@ -22,6 +22,7 @@ import linecache
 import pickle
 import sys
 import threading
+import time
 import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -140,7 +141,6 @@ class Running:
     __slots__ = (
         "emitter",
         "error",
-        "finished",
         "label",
         "limit",
         "lock",
@@ -158,7 +158,6 @@ class Running:
         self.state = "starting"  # starting, running, stopping, done
         self.reason: str | None = None  # "cancelled" or "timeout"
         self.emitter: Any = None
-        self.finished = threading.Event()
 
     def start(self) -> None:
         """Open the window; a stop asked for before it opened is raised here, at once."""
@@ -189,12 +188,12 @@ class Running:
             if self.state == "stopping":
                 _set_async_exc(self.thread, None)
             self.state = "done"
-        self.finished.set()
 
     def _watch(self) -> None:
         """Say so when the block does not stop at once (a long call in C), and insist."""
         told = False
-        while not self.finished.wait(STOP_GRACE_SECONDS):
+        while True:
+            time.sleep(STOP_GRACE_SECONDS)  # checks again, also after the block stopped: cheap
             with self.lock:
                 if self.state != "stopping":
                     return
