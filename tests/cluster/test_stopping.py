@@ -102,6 +102,19 @@ def stop_soon(action: Any, client: Client, started: str) -> threading.Thread:
     return thread
 
 
+def no_failure_reported(client: Client, capsys: Any) -> None:
+    """No "[afar] <file>:<line> failed:" report: once the done-callbacks so far have run.
+
+    Dask runs done-callbacks in one thread, in the order the Futures finished: a task submitted
+    now finishes after the stopped block's.
+    """
+    ran = threading.Event()
+    marker = client.submit(int, 0, pure=False)
+    marker.add_done_callback(lambda _: ran.set())
+    assert ran.wait(RESULT_TIMEOUT)
+    assert " failed:" not in capsys.readouterr().err
+
+
 def no_dask_or_stdlib_frames(error: BaseException) -> list[str]:
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     return [
@@ -200,7 +213,7 @@ def long_run_block(runner: afar.Run, location: afar.Location, started: str) -> l
     return [bound[name] for name in ("left", "right") if name in bound]
 
 
-def test_run_cancel_stops_the_block(one_thread: Client) -> None:
+def test_run_cancel_stops_the_block(one_thread: Client, capsys) -> None:
     pid = worker_pid(one_thread)
     started = new_gate_name()
     runner = afar.run("left")
@@ -210,12 +223,13 @@ def test_run_cancel_stops_the_block(one_thread: Client) -> None:
     with pytest.raises(CancelledError):
         left.result(timeout=RESULT_TIMEOUT)
     assert_thread_free(one_thread, pid)
+    no_failure_reported(one_thread, capsys)
 
 
 @pytest.mark.parametrize("names", [("left",), ("left", "right")], ids=["one-name", "two-names"])
 @pytest.mark.parametrize("how", ["future.cancel", "client.cancel", "dropped"])
 def test_when_dask_no_longer_wants_a_run_block_it_stops(
-    one_thread: Client, names: tuple[str, ...], how: str
+    one_thread: Client, names: tuple[str, ...], how: str, capsys
 ) -> None:
     pid = worker_pid(one_thread)
     started = new_gate_name()
@@ -231,6 +245,7 @@ def test_when_dask_no_longer_wants_a_run_block_it_stops(
         del futures
         gc.collect()
     assert_thread_free(one_thread, pid)
+    no_failure_reported(one_thread, capsys)
 
 
 def test_a_block_other_tasks_need_runs_on_when_its_future_is_dropped(
@@ -288,7 +303,7 @@ def test_time_limit_stops_an_afar_get_block(one_thread: Client) -> None:
 
 @pytest.mark.parametrize("names", [("left",), ("left", "right")], ids=["one-name", "two-names"])
 def test_time_limit_stops_an_afar_run_block_and_is_not_retried(
-    one_thread: Client, names: tuple[str, ...], tmp_path
+    one_thread: Client, names: tuple[str, ...], tmp_path, capsys
 ) -> None:
     pid = worker_pid(one_thread)
     attempts = str(tmp_path / "attempts")
@@ -311,6 +326,7 @@ def test_time_limit_stops_an_afar_run_block_and_is_not_retried(
     assert_thread_free(one_thread, pid)
     with open(attempts) as file:
         assert file.read() == "attempt\n"  # ran once: a stopped block is not retried
+    no_failure_reported(one_thread, capsys)
 
 
 def test_a_block_that_ends_in_time_is_not_touched(one_thread: Client) -> None:
