@@ -524,7 +524,8 @@ class Get(Run):
     *names, client, data
         As for ``afar.run``.
     timeout : float, optional
-        Seconds to wait for the block before raising ``TimeoutError`` (and cancelling it).
+        Seconds to wait for the block before raising ``TimeoutError`` (and stopping it on the
+        worker). ``remotely(timeout=...)`` limits the block's run time on the worker instead.
     """
 
     _returns_futures = False

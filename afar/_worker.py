@@ -4,7 +4,8 @@ This module travels to the workers pickled by value (see ``_shipping.py``), so w
 afar. It may import only the standard library and ``distributed``, and nothing from afar except
 modules that are shipped by value too, through ``from ... import name``. Its module globals are
 a fresh copy on every task; state that must live as long as the worker process (the cache of
-compiled blocks) lives in a dictionary attached to the ``sys`` module.
+compiled blocks, the table of running blocks that ``Runtime.transition`` stops) lives in
+dictionaries attached to the ``sys`` module.
 
 A block travels as a ``BlockCode`` tuple of plain strings and numbers, never as a code object:
 code objects differ between Python minor versions, source compiles anywhere.
