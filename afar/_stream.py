@@ -135,6 +135,14 @@ class DefaultSink:
         sys.stderr.flush()
         self._progress_line = "" if end else line
 
+    def end_progress(self) -> None:
+        """End the progress line drawn last, keeping it: what follows starts on a new line."""
+        if self._progress_line:
+            self._progress_line = ""
+            if _is_terminal(sys.stderr):
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+
     def _clear_progress(self) -> None:
         # The block's own output goes where the progress line was; the next update redraws it.
         self._progress_line = ""
@@ -291,6 +299,10 @@ class OutputRouter:
             self._unregistered[block] = state
             if len(self._unregistered) > MAX_UNREGISTERED:
                 self._unregistered.popitem(last=False)
+        # A progress line the block drew on the terminal stays; a traceback goes below it.
+        end_progress = getattr(self.default_sink, "end_progress", None)
+        if end_progress is not None:
+            end_progress()
 
     def __len__(self) -> int:
         """Number of blocks the router holds state for."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import select
+import sys
 from typing import Any
 
 import pytest
 
-from afar._output import DISPLAY, DROPPED, LIMIT, PROTOCOL, STDERR, STDOUT
+from afar._output import DISPLAY, DROPPED, LIMIT, NOTICE, PROGRESS, PROTOCOL, STDERR, STDOUT
 from afar._stream import (
     MAX_UNREGISTERED,
     DefaultSink,
@@ -198,3 +201,42 @@ def test_one_router_and_subscription_per_client() -> None:
     router.close()
     assert client.handlers == {}
     assert router_for(client) is not router  # type: ignore[arg-type]
+
+
+# -- stopped blocks -------------------------------------------------------------------------------
+def test_a_silenced_block_shows_only_afars_notices(router: OutputRouter) -> None:
+    sink = ListSink()
+    default = ListSink()
+    router.default_sink = default  # type: ignore[assignment]
+    router.register("b", sink)
+    router.handle(event("b", [[STDOUT, "before\n"]]))
+    router.silence("b")  # stopped
+    notice = "[afar] script.py:12: stopping the block\n"
+    router.handle(event("b", [[STDOUT, "late\n"], [NOTICE, notice]], seq=1))
+    router.handle(event("b", [[STDOUT, "other attempt\n"]], attempt="a2"))
+    router.unregister("c")  # another block: nothing changes for this one
+    assert sink.items == [(STDOUT, "before\n")]
+    assert default.items == [(STDERR, notice)]
+    router.silence("b")  # again is fine
+    assert len(router) == 1  # remembered, within MAX_UNREGISTERED
+
+
+def test_silencing_ends_a_progress_line_on_the_terminal(
+    router: OutputRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pty = pytest.importorskip("pty")
+    leader, follower = pty.openpty()
+    with os.fdopen(follower, "w", encoding="utf-8") as terminal:
+        monkeypatch.setattr(sys, "stderr", terminal)
+        sink = DefaultSink()
+        router.default_sink = sink
+        router.handle(event("b", [[PROGRESS, {"done": 1, "total": 4}]]))
+        router.silence("b")
+        router.silence("b")  # ended once
+        shown = b""
+        while select.select([leader], [], [], 0)[0]:  # written and flushed: there already
+            shown += os.read(leader, 4096)
+    os.close(leader)
+    text = shown.decode()
+    assert "1/4 tasks" in text
+    assert text.endswith("\x1b[K\r\n")  # the line ended (the terminal turns "\n" into "\r\n")
