@@ -17,9 +17,9 @@ from typing import Any
 
 import cloudpickle
 
-from afar import _output, _progress, _worker
+from afar import _importer, _output, _progress, _worker
 
-for _module in (_worker, _output, _progress):
+for _module in (_worker, _output, _progress, _importer):
     cloudpickle.register_pickle_by_value(_module)
 
 # The task's function: ``eval`` of a call of the shipped function, looked up by digest on the
@@ -49,7 +49,9 @@ class Shipped:
         return self.task_function, dict(zip(self.arguments, values))
 
 
-run_block = Shipped(_worker.run_block, ("packed", "payload", "futures", "stream", "strict"))
+run_block = Shipped(
+    _worker.run_block, ("packed", "payload", "futures", "stream", "strict", "modules")
+)
 pick = Shipped(_worker.pick, ("values", "which"))
 culprits = Shipped(_worker.unpicklable_names, ("values",))
 _SHIPPED = (run_block, pick, culprits)

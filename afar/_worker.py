@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from afar._importer import use_modules
 from afar._output import DISPLAY, capture_output
 from afar._progress import watch_progress
 
@@ -240,6 +241,7 @@ def run_block(
     futures: dict[str, Any],
     stream: tuple[str, Any] | None,
     strict: bool,
+    modules: tuple[tuple[str, str], ...] = (),
 ) -> Any:
     """The body task: bind the inputs, run the block, stream its output, return its names.
 
@@ -249,12 +251,15 @@ def run_block(
     ``stream`` is ``(topic, the client's stream identity, progress)`` for output (None: not
     captured); with ``progress``, the counts of the Dask work the block submits are sent too.
     With ``strict``, every saved name must have been assigned (``afar.get``); otherwise missing
-    ones are left out (getter tasks raise).
+    ones are left out (getter tasks raise). ``modules`` names the versions of the client's own
+    modules the block needs, as ``(name, digest)`` pairs (see ``_importer``).
 
     Everything happens in this one frame, so that a traceback shows one frame of afar's (which
     the client's Dask hides, see ``RUNTIME_FILENAME``) above the user's lines.
     """
     block, code = block_and_code(packed)
+    if modules:
+        use_modules(modules, block.label)  # before unpickling: inputs may refer to them
     namespace = load_inputs(payload, block.label)
     namespace.update(futures)
     seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}
