@@ -7,10 +7,11 @@ travel rather than pickled functions: the worker then imports the module itself,
 class read from outside and the same class imported in the block are one class, and the
 module's own state and imports work as on the client.
 
-Each version is read once: a module loaded on the client when its ``__spec__`` changes (every
-``importlib.reload``, IPython's ``%autoreload``), so that the worker runs the code the client
-runs; a module the client has not imported when its file's size or mtime changes. It reaches
-the workers once per client, in a ``Sources`` worker plugin; tasks name it by digest.
+What travels is the module's file as it is when the block is sent: it is read again only when
+the file's modification time or size changes (IPython's ``%autoreload`` may patch functions in
+place, without a new module spec, so the file is what tells that a module changed). Each
+version reaches the workers once per client, in a ``Sources`` worker plugin; tasks name it by
+digest.
 """
 
 from __future__ import annotations
@@ -101,45 +102,28 @@ def _absolute(module: str | None, level: int, package: str) -> str | None:
 
 # -- versions ---------------------------------------------------------------------------------
 _lock = threading.Lock()
-_by_spec: dict[str, tuple[Any, Any, Version]] = {}  # loaded: name -> (module, spec, version)
-_by_file: dict[str, tuple[tuple[int, int], Version]] = {}  # not loaded: path -> (stat, version)
+_by_file: dict[str, tuple[tuple[int, int], Version]] = {}  # path -> ((mtime, size), version)
 
 
 def version_of(name: str, why: str, label: str) -> Version:
-    """The version of the local module ``name`` the block at ``label`` needs (``why``)."""
-    module = _loaded(name)
-    if module is not None:
-        spec = getattr(module, "__spec__", None)
-        cached = _by_spec.get(name)
-        if cached is not None and cached[0] is module and cached[1] is spec:
-            return cached[2]
-        version = _read(name, spec, why, label)
-        with _lock:
-            _by_spec[name] = (module, spec, version)
-        return version
+    """The version of the local module ``name`` the block at ``label`` needs (``why``): its
+    file as it is now, read again only when the file's modification time or size changed."""
     spec = _locality.find_spec(name)
     where = _locality.location(spec) if spec is not None else None
-    if spec is None or where is None:
-        raise _refusal(name, why, label, "cannot be found here")
+    if where is None:
+        raise _refusal(name, why, label, "has no file (it was made in memory)")
     try:
         stat = os.stat(where)
         key = (stat.st_mtime_ns, stat.st_size)
     except OSError:
         key = (0, 0)
-    cached_file = _by_file.get(where)
-    if cached_file is not None and cached_file[0] == key and cached_file[1].name == name:
-        return cached_file[1]
+    cached = _by_file.get(where)
+    if cached is not None and cached[0] == key and cached[1].name == name:
+        return cached[1]
     version = _read(name, spec, why, label)
     with _lock:
         _by_file[where] = (key, version)
     return version
-
-
-def _loaded(name: str) -> types.ModuleType | None:
-    import sys
-
-    module = sys.modules.get(name)
-    return module if isinstance(module, types.ModuleType) else None
 
 
 def _read(name: str, spec: Any, why: str, label: str) -> Version:

@@ -78,7 +78,7 @@ PROJECT = {
     "helpers.py": HELPERS,
     "util.py": "def times(k, x):\n    return k * x\n",
     "pkg/__init__.py": "from .stats import mean\n\nNAME = 'pkg'\n",
-    "pkg/stats.py": "from . import _impl\n\n\ndef mean(xs):\n    return _impl.total(xs) / len(xs)\n",
+    "pkg/stats.py": "from . import _impl\n\ndef mean(xs):\n    return _impl.total(xs) / len(xs)\n",
     "pkg/_impl.py": "def total(xs):\n    return sum(xs)\n",
     "ns/tool.py": "def shout(s):\n    return s.upper() + '!'\n",  # a namespace package
 }
@@ -248,17 +248,17 @@ def test_an_edited_and_reloaded_module_runs_in_its_new_version(project, shared_c
             text = f.read()
         with open(path, "w") as f:
             f.write(text.replace("VERSION = 1", "VERSION = 2").replace("2 * x", "20 * x"))
-        before_reload = version()  # the client still runs version 1: so does the worker
+        saved_only = version()  # what travels is the file as it is now
         importlib.reload(helpers)
         after = version()
         fn = helpers.double
         with afar.get, remotely:
             read = fn(2)
-        report(first=first, before_reload=before_reload, after=after, read=read)
+        report(first=first, saved_only=saved_only, after=after, read=read)
         """,
         shared_cluster,
     )
-    assert result == {"first": [1, 2], "before_reload": [1, 2], "after": [2, 20], "read": 40}
+    assert result == {"first": [1, 2], "saved_only": [2, 20], "after": [2, 20], "read": 40}
 
 
 def _refused(project, shared_cluster, body: str, extra: dict[str, str]) -> dict:
@@ -351,8 +351,9 @@ def test_excluded_and_included_modules(project, shared_cluster):
         afar.modules.include("vendored")
         with afar.get, remotely:
             v = vendored.VALUE
+        names = ("mine", "vendored", "helpers", "numpy", "json")
         report(excluded=excluded, installed=installed, included=v,
-               local=[afar.modules.is_local(n) for n in ("mine", "vendored", "helpers", "numpy", "json")])
+               local=[afar.modules.is_local(n) for n in names])
         """,
         shared_cluster,
         {"vendor/site-packages/vendored.py": "VALUE = 'vendored'\n", "mine.py": "A = 1\n"},
@@ -381,3 +382,101 @@ def test_a_block_using_no_local_module_sends_none(project, shared_cluster):
         shared_cluster,
     )
     assert result == {"total": 6, "new_plugins": []}
+
+
+def test_an_asynchronous_client(project, shared_cluster):
+    result, _ = run_script(
+        project,
+        """
+        import asyncio
+        import helpers
+
+        async def main():
+            async with Client(sys.argv[1], asynchronous=True, timeout=10) as aclient:
+                async with afar.get(client=aclient), remotely:
+                    import pkg
+                    value = (helpers.double(3), pkg.mean([4, 6]))
+                return value
+
+        report(value=asyncio.run(main()))
+        """,
+        shared_cluster,
+    )
+    assert result == {"value": [6, 5.0]}
+
+
+KERNEL_NAME = "afar-local-modules-python"
+CELL_TIMEOUT = 60
+KERNEL_START_TIMEOUT = 60
+NOTEBOOK_CELLS = [
+    """\
+import os, time
+import afar
+from distributed import Client
+import helpers
+client = Client(ADDRESS, timeout=10)
+%load_ext afar
+%load_ext autoreload
+%autoreload 2""",
+    """\
+with afar.get, remotely:
+    import helpers
+    first = helpers.double(2)
+first""",
+    """\
+%%afar -g mean
+from pkg.stats import mean
+mean = mean([1, 2, 6])""",
+    "mean",
+    """\
+text = open("helpers.py").read().replace("2 * x", "200 * x")
+with open("helpers.py", "w") as f:
+    f.write(text)
+later = time.time() + 10
+os.utime("helpers.py", (later, later))  # a newer mtime for %autoreload, at once""",
+    """\
+with afar.get, remotely:
+    second = helpers.double(2)  # helpers read from the notebook, reloaded by %autoreload
+(helpers.double(2), second)""",  # the same on both sides
+]
+
+
+def test_a_notebook_with_helpers_beside_it(project, shared_cluster, tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    kernelspec = pytest.importorskip("ipykernel.kernelspec")
+    write_project(project, PROJECT)
+    home = tmp_path / "jupyter"
+    kernelspec.write_kernel_spec(
+        str(home / "kernels" / KERNEL_NAME),
+        overrides={
+            "display_name": "afar local modules",
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        },
+    )
+    address = shared_cluster.scheduler.address
+    cells = [NOTEBOOK_CELLS[0].replace("ADDRESS", repr(address)), *NOTEBOOK_CELLS[1:]]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    (project / "notebook.ipynb").write_text(nbformat.writes(notebook))
+    runner = nbclient.NotebookClient(
+        notebook,
+        kernel_name=KERNEL_NAME,
+        timeout=CELL_TIMEOUT,
+        startup_timeout=KERNEL_START_TIMEOUT,
+        resources={"metadata": {"path": str(project)}},  # the kernel's working directory
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JUPYTER_PATH", str(home))
+        patch.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
+        patch.setenv("IPYTHONDIR", str(home / "ipython"))
+        patch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+        patch.delenv("PYTHONPATH", raising=False)
+        runner.execute()
+
+    def result(index: int) -> str:
+        (shown,) = [o for o in notebook.cells[index].outputs if o.output_type == "execute_result"]
+        return shown.data["text/plain"]
+
+    assert result(1) == "4"
+    assert result(3) == "3.0"
+    assert result(5) == "(400, 400)"
