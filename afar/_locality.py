@@ -43,10 +43,10 @@ _excluded: set[str] = set()
 _roots: tuple[str, ...] | None = None
 
 
-def is_local(name: str | None) -> bool:
+def is_local(name: object) -> bool:
     """Whether the module ``name`` is the user's own (cached per name)."""
-    if name is None:
-        return False
+    if not isinstance(name, str):
+        return False  # no __module__, or an object whose __module__ is not a name
     decided = _decisions.get(name)
     if decided is not None and not (name in _missing and name in sys.modules):
         return decided

@@ -180,8 +180,12 @@ def test_values_read_from_outside_and_names_imported_at_the_top(project, shared_
 
         fn = helpers.double
         point = Point(3, -4)
+
+        def uses_helpers(x):  # a function of the script (by value) using a local module
+            return helpers.double(x) + 1
+
         with afar.get("values", "same_class", "back"), remotely:
-            values = (fn(5), triple(3), mean([1, 3]), point.norm1())
+            values = (fn(5), triple(3), mean([1, 3]), point.norm1(), uses_helpers(1))
             import helpers
             same_class = isinstance(point, helpers.Point)
             back = Point(1, 2)
@@ -189,7 +193,7 @@ def test_values_read_from_outside_and_names_imported_at_the_top(project, shared_
         """,
         shared_cluster,
     )
-    assert result == {"values": [10, 9, 2.0, 7], "same_class": True, "back": True}
+    assert result == {"values": [10, 9, 2.0, 7, 3], "same_class": True, "back": True}
 
 
 def test_a_worker_without_afar_imports_them_too(project, shared_cluster):
