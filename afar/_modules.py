@@ -181,7 +181,7 @@ def _refusal(name: str, why: str, label: str, what: str) -> LocalModuleError:
 
 # -- what a block needs -----------------------------------------------------------------------
 def needed(
-    imports: tuple[str, ...], referenced: Iterable[str | None], label: str
+    imports: tuple[str, ...], referenced: Iterable[object], label: str
 ) -> tuple[tuple[tuple[str, str], ...], list[Version]]:
     """The ``(name, digest)`` pairs a block's task names, and the versions to have sent.
 
@@ -209,23 +209,28 @@ def needed(
     return manifest, list(versions.values())
 
 
+_BASE_OVERRIDE = cloudpickle.Pickler.reducer_override
+
+
 class RecordingPickler(cloudpickle.Pickler):
     """cloudpickle's pickler, noting the modules of what it pickles by reference."""
 
     def __init__(self, file: io.BytesIO) -> None:
         super().__init__(file, protocol=5)
-        self.modules: set[str | None] = set()
+        self.modules: set[object] = set()
 
     def reducer_override(self, obj: Any) -> Any:
-        # Python calls this for everything but a few builtin types (int, str, list, dict...).
-        if isinstance(obj, types.ModuleType):
-            self.modules.add(obj.__name__)
-        elif isinstance(obj, (type, types.FunctionType)):
+        # Python calls this for everything but a few builtin types (int, str, list, dict...):
+        # kept to two type checks, as it runs for every other object a block reads.
+        kind = type(obj)
+        if kind is types.FunctionType or isinstance(obj, type):
             self.modules.add(getattr(obj, "__module__", None))
-        return super().reducer_override(obj)
+        elif isinstance(obj, types.ModuleType):
+            self.modules.add(obj.__name__)
+        return _BASE_OVERRIDE(self, obj)
 
 
-def dumps(value: Any) -> tuple[bytes, set[str | None]]:
+def dumps(value: Any) -> tuple[bytes, set[object]]:
     """``cloudpickle.dumps(value, protocol=5)`` and the modules it refers to."""
     with io.BytesIO() as file:
         pickler = RecordingPickler(file)

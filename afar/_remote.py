@@ -79,7 +79,7 @@ def split_inputs(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return plain, futures
 
 
-def pickle_inputs(plain: Mapping[str, Any], label: str) -> tuple[bytes, set[str | None]]:
+def pickle_inputs(plain: Mapping[str, Any], label: str) -> tuple[bytes, set[object]]:
     """Pickle the variables once; if that fails, find which one cannot be pickled and say so.
 
     Also returns the names of the modules the pickle refers to (see ``_modules.dumps``).
