@@ -484,3 +484,29 @@ def test_a_notebook_with_helpers_beside_it(project, shared_cluster, tmp_path):
     assert result(1) == "4"
     assert result(3) == "3.0"
     assert result(5) == "(400, 400)"
+
+
+def test_a_compiled_extension_imported_by_a_local_module_is_refused(project, shared_cluster):
+    import importlib.machinery
+
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    result = _refused(
+        project,
+        shared_cluster,
+        """
+        with afar.get, remotely:
+            import uses_fast
+            x = uses_fast.X
+        """,
+        {
+            "uses_fast.py": "try:\n    import optional_fast\nexcept ImportError:\n    pass\n"
+            "import fast\nX = 1\n",
+            "fast" + suffix: "",
+            "optional_fast" + suffix: "",  # inside try: optional, not refused
+        },
+    )
+    assert result["new_plugins"] == [] and result["tasks"] == []
+    assert (
+        "needs, through 'uses_fast' which imports it, the module 'fast', one of your own that "
+        "is a compiled extension"
+    ) in result["error"]
