@@ -21,6 +21,7 @@ import hashlib
 import importlib.machinery
 import io
 import os
+import sys
 import threading
 import types
 from collections.abc import Awaitable, Iterable
@@ -102,21 +103,24 @@ def _absolute(module: str | None, level: int, package: str) -> str | None:
 
 # -- versions ---------------------------------------------------------------------------------
 _lock = threading.Lock()
-_by_file: dict[str, tuple[tuple[int, int], Version]] = {}  # path -> ((mtime, size), version)
+# path -> ((mtime, size, spec), version); spec: of the loaded module (a reload makes a new one)
+_by_file: dict[str, tuple[tuple[int, int, int], Version]] = {}
 
 
 def version_of(name: str, why: str, label: str) -> Version:
     """The version of the local module ``name`` the block at ``label`` needs (``why``): its
-    file as it is now, read again only when the file's modification time or size changed."""
+    file as it is now, read again only when the file's modification time or size changed, or
+    when the client reloaded the module."""
     spec = _locality.find_spec(name)
     where = _locality.location(spec) if spec is not None else None
     if where is None:
         raise _refusal(name, why, label, "has no file (it was made in memory)")
+    loaded = id(spec) if name in sys.modules else 0
     try:
         stat = os.stat(where)
-        key = (stat.st_mtime_ns, stat.st_size)
+        key = (stat.st_mtime_ns, stat.st_size, loaded)
     except OSError:
-        key = (0, 0)
+        key = (0, 0, loaded)
     cached = _by_file.get(where)
     if cached is not None and cached[0] == key and cached[1].name == name:
         return cached[1]
@@ -247,6 +251,8 @@ def ensure_sent(client: Any, versions: list[Version]) -> Awaitable[Any] | None:
 
     Returns an awaitable for an asynchronous client, which the caller must await.
     """
+    if not versions:
+        return None  # a block that uses none of the user's modules: nothing to look up
     identity = (client.id, str(getattr(client.scheduler, "address", "")))
     with _lock:
         sent = _sent.setdefault(identity, set())
