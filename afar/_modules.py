@@ -193,7 +193,7 @@ def needed(
     variables refer to. Raises ``LocalModuleError`` for what cannot travel, before sending.
     """
     queue: list[tuple[str, str]] = [(n, "imports") for n in imports if _locality.is_local(n)]
-    queue += [(n, "reads a value of") for n in referenced if _locality.is_local(n)]
+    queue += [(str(n), "reads a value of") for n in referenced if _locality.is_local(n)]
     if not queue:
         return NO_MODULES, []
     versions: dict[str, Version] = {}
