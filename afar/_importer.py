@@ -67,8 +67,8 @@ class ModuleFinder:
                 if digest not in self.sources:
                     raise ModuleNotFoundError(
                         f"the block at {label} needs the version {digest[:12]} of the module "
-                        f"{name!r} of the client, which this worker did not receive: run the "
-                        "block again (the client sends it to every worker when it first needs it)",
+                        f"{name!r} of the client, which this worker did not receive: a scheduler "
+                        "that restarted forgets what the client sent; connect a new Client",
                         name=name,
                     )
                 self.active[name] = digest
@@ -163,7 +163,8 @@ def use_modules(manifest: tuple[tuple[str, str], ...], label: str) -> None:
         name = manifest[0][0]
         raise ModuleNotFoundError(
             f"the block at {label} needs the module {name!r} of the client, which this worker "
-            "did not receive: run the block again",
+            "did not receive: a scheduler that restarted forgets what the client sent; "
+            "connect a new Client",
             name=name,
         )
     found.use(manifest, label)
