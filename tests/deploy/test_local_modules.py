@@ -510,3 +510,24 @@ def test_a_compiled_extension_imported_by_a_local_module_is_refused(project, sha
         "needs, through 'uses_fast' which imports it, the module 'fast', one of your own that "
         "is a compiled extension"
     ) in result["error"]
+
+
+def test_a_result_of_a_local_class_moves_between_workers(project, shared_cluster):
+    """Dask unpickles the result on the other worker before the block runs: the module must
+    already be importable there (the latest version each worker received)."""
+    result, _ = run_script(
+        project,
+        """
+        import helpers
+        workers = client.scheduler_info()["workers"]
+        cpu = remotely(workers=[a for a, w in workers.items() if w["name"] == "cpu"])
+        gpu = remotely(workers=[a for a, w in workers.items() if w["name"] == "gpu"])
+        with afar.run, cpu:
+            point = helpers.Point(1, -2)
+        with afar.get, gpu:
+            norm = point.norm1()
+        report(norm=norm, here=isinstance(point.result(), helpers.Point))
+        """,
+        shared_cluster,
+    )
+    assert result == {"norm": 3, "here": True}
