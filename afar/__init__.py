@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from afar import _remote
+from afar._locality import modules
 from afar._locations import Location, later, locally, remotely
 from afar._magic import load_ipython_extension, new_magic
 from afar._run import Captured, Get, Run, get, run
@@ -16,6 +17,7 @@ from afar.errors import (
     AfarError,
     BlockSyntaxError,
     ClientError,
+    LocalModuleError,
     LocationError,
     LocationNameError,
     NotPicklableError,
@@ -33,6 +35,7 @@ __all__ = [
     "Captured",
     "ClientError",
     "Get",
+    "LocalModuleError",
     "Location",
     "LocationError",
     "LocationNameError",
@@ -45,6 +48,7 @@ __all__ = [
     "later",
     "load_ipython_extension",
     "locally",
+    "modules",
     "new_magic",
     "remotely",
     "run",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import linecache
 import pickle
 import threading
@@ -35,6 +36,13 @@ class Block:
     text: str
     wrapped: bool = True
     _packed: dict[tuple[object, ...], bytes] = field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def imports(self) -> tuple[str, ...]:
+        """Modules the body's own statements may import (see ``_modules.imported_names``)."""
+        from afar._modules import imported_names
+
+        return imported_names(self.site.body)
 
     @property
     def label(self) -> str:

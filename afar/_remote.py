@@ -14,6 +14,7 @@ from typing import Any
 import cloudpickle
 from distributed import Future
 
+from afar import _modules
 from afar._compile import Block
 from afar._shipping import pick, run_block
 from afar._worker import RUNTIME_FILENAME
@@ -78,10 +79,13 @@ def split_inputs(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, A
     return plain, futures
 
 
-def pickle_inputs(plain: Mapping[str, Any], label: str) -> bytes:
-    """Pickle the variables once; if that fails, find which one cannot be pickled and say so."""
+def pickle_inputs(plain: Mapping[str, Any], label: str) -> tuple[bytes, set[object]]:
+    """Pickle the variables once; if that fails, find which one cannot be pickled and say so.
+
+    Also returns the names of the modules the pickle refers to (see ``_modules.dumps``).
+    """
     if not plain:
-        return EMPTY_PAYLOAD
+        return EMPTY_PAYLOAD, set()
     for name, value in plain.items():
         # cloudpickle sends a text file open for reading as a copy of its whole contents.
         if isinstance(value, io.IOBase) and value not in (sys.stdout, sys.stderr):
@@ -92,7 +96,7 @@ def pickle_inputs(plain: Mapping[str, Any], label: str) -> bytes:
                 "pass its contents"
             )
     try:
-        return cloudpickle.dumps(dict(plain), protocol=5)
+        return _modules.dumps(dict(plain))
     except Exception as error:
         for name, value in plain.items():
             try:
@@ -151,9 +155,10 @@ def submit_block(
     options: Mapping[str, Any],
     key: str,
     limit: float | None = None,
+    modules: tuple[tuple[str, str], ...] = (),
 ) -> Future:
     """The body task (one per block). No round trip: the client batches what it sends."""
-    function, argument = run_block.task(packed, payload, futures, stream, strict, limit)
+    function, argument = run_block.task(packed, payload, futures, stream, strict, limit, modules)
     try:
         return client.submit(function, argument, key=key, pure=False, **options)
     except TypeError as error:

@@ -22,7 +22,7 @@ from typing import Any
 
 from distributed import Future
 
-from afar import _remote
+from afar import _modules, _remote
 from afar._bind import bind, release_locals_snapshot
 from afar._capture import Site
 from afar._compile import Block, block_for
@@ -86,6 +86,16 @@ class _Entry:
 _entries: contextvars.ContextVar[tuple[_Entry, ...]] = contextvars.ContextVar(
     "afar_entries", default=()
 )
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    """What a block sends, computed before anything is sent."""
+
+    payload: bytes  # the pickled plain variables
+    futures: dict[str, Any]  # variables holding Futures
+    modules: tuple[tuple[str, str], ...]  # (name, digest) of the user's modules it needs
+    versions: list[Any]  # those modules' versions, sent to the workers once
 
 
 @dataclass
@@ -338,10 +348,14 @@ class Run:
         display: bool,
         asynchronous: bool,
     ) -> Any:
+        outgoing = self._prepare(entry, values)  # refuses what cannot travel: nothing sent yet
         registering = ensure_runtime(client)
         if asynchronous:
-            return self._submit_async(entry, location, client, values, display, registering)
-        body = self._send(entry, location, client, values, display)
+            return self._submit_async(
+                entry, location, client, values, display, registering, outgoing
+            )
+        _modules.ensure_sent(client, outgoing.versions)  # a round trip only for new versions
+        body = self._send(entry, location, client, values, display, outgoing)
         return None if self._returns_futures else body
 
     async def _submit_async(
@@ -352,13 +366,17 @@ class Run:
         values: dict[str, Any],
         display: bool,
         registering: Awaitable[Any] | None,
+        outgoing: _Outgoing,
     ) -> None:
         if registering is not None:
             await registering
+        sending = _modules.ensure_sent(client, outgoing.versions)
+        if sending is not None:
+            await sending
         if self.data is not None:
             # client.scatter is a coroutine here: scatter first, _send then finds Futures.
             await _remote.scatter_data_async(client, self.data, _names_in(entry.block, self.data))
-        body = self._send(entry, location, client, values, display)
+        body = self._send(entry, location, client, values, display, outgoing)
         if not self._returns_futures:
             try:
                 results = await body
@@ -370,6 +388,18 @@ class Run:
                 raise
             _bind_results(entry, _unless_timed_out(results))
 
+    def _prepare(self, entry: _Entry, values: dict[str, Any]) -> _Outgoing:
+        """Pickle the variables the block reads (not those of ``data=``, scattered instead) and
+        find the user's modules it needs."""
+        block = entry.block
+        if self.data is not None:
+            from_data = set(_names_in(block, self.data))
+            values = {n: v for n, v in values.items() if n not in from_data}
+        plain, futures = _remote.split_inputs(values)
+        payload, referenced = _remote.pickle_inputs(plain, block.label)
+        modules, versions = _modules.needed(block.imports, referenced, block.label)
+        return _Outgoing(payload, futures, modules, versions)
+
     def _send(
         self,
         entry: _Entry,
@@ -377,15 +407,16 @@ class Run:
         client: Any,
         values: dict[str, Any],
         display: bool,
+        outgoing: _Outgoing,
     ) -> Future:
         """Submit the body (and getters for afar.run); bind Futures; return the body's Future."""
         block = entry.block
+        futures = outgoing.futures
         if self.data is not None:
             from_data = _names_in(block, self.data)
             _remote.scatter_data(client, self.data, from_data)
             values.update({n: self.data[n] for n in from_data})
-        plain, futures = _remote.split_inputs(values)
-        payload = _remote.pickle_inputs(plain, block.label)
+            futures = {**futures, **{n: self.data[n] for n in from_data}}
         strict = not self._returns_futures
         limit = location.timeout
         # A block with a time limit returns its names through getters, which raise the
@@ -414,13 +445,14 @@ class Run:
             client,
             block,
             packed,
-            payload,
+            outgoing.payload,
             futures,
             stream,
             strict,
             location.submit_options,
             key,
             limit,
+            outgoing.modules,
         )
         self._track(entry, body, futures, router, sink)
         if self._returns_futures:

@@ -17,9 +17,9 @@ from typing import Any
 
 import cloudpickle
 
-from afar import _output, _progress, _worker
+from afar import _importer, _output, _progress, _worker
 
-for _module in (_worker, _output, _progress):
+for _module in (_worker, _output, _progress, _importer):
     cloudpickle.register_pickle_by_value(_module)
 
 # The task's function: ``eval`` of a call of the shipped function, looked up by digest on the
@@ -50,7 +50,8 @@ class Shipped:
 
 
 run_block = Shipped(
-    _worker.run_block, ("packed", "payload", "futures", "stream", "strict", "limit")
+    _worker.run_block,
+    ("packed", "payload", "futures", "stream", "strict", "limit", "modules"),
 )
 pick = Shipped(_worker.pick, ("values", "which"))
 culprits = Shipped(_worker.unpicklable_names, ("values",))

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from afar._importer import use_modules
 from afar._output import DISPLAY, capture_output
 from afar._progress import watch_progress
 
@@ -385,6 +386,7 @@ def run_block(
     stream: tuple[str, Any] | None,
     strict: bool,
     limit: float | None = None,
+    modules: tuple[tuple[str, str], ...] = (),
 ) -> Any:
     """The body task: bind the inputs, run the block, stream its output, return its names.
 
@@ -394,7 +396,9 @@ def run_block(
     ``stream`` is ``(topic, the client's stream identity, progress)`` for output (None: not
     captured); with ``progress``, the counts of the Dask work the block submits are sent too.
     With ``strict``, every saved name must have been assigned (``afar.get``); otherwise missing
-    ones are left out (getter tasks raise). ``limit``: seconds the block may run.
+    ones are left out (getter tasks raise). ``limit``: seconds the block may run. ``modules``
+    names the versions of the client's own modules the block needs, as ``(name, digest)`` pairs
+    (see ``_importer``).
 
     The block can be stopped while it runs (see ``Running``): when Dask no longer wants its
     task, it returns None (Dask drops it); past ``limit``, it returns ``Running.timed_out()``.
@@ -405,6 +409,8 @@ def run_block(
     from distributed import get_worker
 
     block, code = block_and_code(packed)
+    if modules:
+        use_modules(modules, block.label)  # before unpickling: inputs may refer to them
     namespace = load_inputs(payload, block.label)
     namespace.update(futures)
     seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}

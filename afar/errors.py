@@ -6,6 +6,7 @@ __all__ = [
     "AfarError",
     "BlockSyntaxError",
     "ClientError",
+    "LocalModuleError",
     "LocationError",
     "LocationNameError",
     "NotPicklableError",
@@ -62,3 +63,8 @@ class NotPicklableError(AfarError, TypeError):
 
 class ClientError(AfarError, ValueError):
     """No usable Dask client: none exists, it is closed, or it does not fit the ``with``."""
+
+
+class LocalModuleError(AfarError, ImportError):
+    """A module of the user's own that a block needs cannot travel to the workers with it
+    (a compiled extension, a source over the size limit): it must be installed there."""

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import statistics
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -69,6 +72,36 @@ def run_one(client: Client) -> None:
     assert y.result() == 2
 
 
+def get_one_local(client: Client) -> None:
+    """A block reading a function of a module of the user's own, which travels with it."""
+    x = 1
+    with afar.get, remotely:  # noqa: F821
+        y = LOCAL.increment(x)
+    assert y == 2
+
+
+def import_one_local(client: Client) -> None:
+    """A block importing a module of the user's own."""
+    x = 1
+    with afar.get, remotely:  # noqa: F821
+        import afar_bench_helpers
+
+        y = afar_bench_helpers.increment(x)
+    assert y == 2
+
+
+def local_module() -> object:
+    """A module beside no script: written to a temporary folder put first on sys.path."""
+    folder = tempfile.mkdtemp(prefix="afar-bench-")
+    with open(f"{folder}/afar_bench_helpers.py", "w") as file:
+        file.write("def increment(x):\n    return x + 1\n")
+    sys.path.insert(0, folder)
+    return importlib.import_module("afar_bench_helpers")
+
+
+LOCAL = None
+
+
 def bare_one(client: Client) -> None:
     assert client.submit(increment, 1, pure=False).result() == 2
 
@@ -86,14 +119,23 @@ def bare_many(client: Client, count: int) -> None:
     wait([client.submit(increment, i, pure=False) for i in range(count)])
 
 
-def client_cpu(client: Client, count: int) -> tuple[list[float], list[float]]:
-    """CPU time of the calling thread per block: afar's own work plus what Dask does there."""
+def client_cpu(client: Client, count: int, local: bool = False) -> tuple[list[float], list[float]]:
+    """CPU time of the calling thread per block: afar's own work plus what Dask does there.
+
+    With ``local``, the block calls a function of a local module (which travels with it).
+    """
     afar_times, bare_times = [], []
     for _ in range(3):
         for case, times in ((run_many, afar_times), (bare_many, bare_times)):
             gc.collect()
             start = time.thread_time()
-            if case is run_many:
+            if case is run_many and local:
+                futures = []
+                for i in range(count):
+                    with afar.run, remotely:  # noqa: F821
+                        y = LOCAL.increment(i)
+                    futures.append(y)
+            elif case is run_many:
                 futures = []
                 for i in range(count):
                     with afar.run, remotely:  # noqa: F821
@@ -161,6 +203,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few repetitions only")
     args = parser.parse_args()
     repeats, many, megabytes = (5, 20, 8) if args.quick else (200, 200, 200)
+    global LOCAL
+    LOCAL = local_module()
     with (
         LocalCluster(n_workers=2, threads_per_worker=2, dashboard_address=":0") as cluster,
         Client(cluster) as client,
@@ -168,12 +212,18 @@ def main() -> None:
         for _ in range(20 if not args.quick else 2):  # warm-up: imports, code caches, plugin
             get_one(client)
             run_one(client)
+            get_one_local(client)
+            import_one_local(client)
             bare_one(client)
         print(f"Python bare round trip vs afar, {repeats} interleaved repetitions each")
         a, b = interleave(repeats, lambda: get_one(client), lambda: bare_one(client))
         print(summary("afar.get, one small assignment", a, b, "ms"))
         a, b = interleave(repeats, lambda: run_one(client), lambda: bare_one(client))
         print(summary("afar.run then .result()", a, b, "ms"))
+        a, b = interleave(repeats, lambda: get_one_local(client), lambda: bare_one(client))
+        print(summary("afar.get, reads a local module's function", a, b, "ms"))
+        a, b = interleave(repeats, lambda: import_one_local(client), lambda: bare_one(client))
+        print(summary("afar.get, imports a local module", a, b, "ms"))
         a, b = interleave(
             max(3, repeats // 20), lambda: run_many(client, many), lambda: bare_many(client, many)
         )
@@ -182,6 +232,12 @@ def main() -> None:
         extra = [x - y for x, y in zip(a, b)]
         print(
             summary("client CPU per block (calling thread)", a, b, "us")
+            + f"   afar's own: {statistics.median(extra) * 1e6:.0f} us"
+        )
+        a, b = client_cpu(client, many, local=True)
+        extra = [x - y for x, y in zip(a, b)]
+        print(
+            summary("client CPU per block, local module", a, b, "us")
             + f"   afar's own: {statistics.median(extra) * 1e6:.0f} us"
         )
         print(big_result_stays(client, megabytes))

@@ -40,9 +40,15 @@ def here(line: int) -> str:
 
 @pytest.fixture
 def client_only_module(tmp_path, monkeypatch):
-    """A module the client can import and the workers cannot (their sys.path lacks its folder)."""
-    (tmp_path / f"{CLIENT_ONLY_MODULE}.py").write_text("def triple(x):\n    return 3 * x\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    """A module the client can import and the workers cannot (their sys.path lacks its folder).
+
+    Its folder is named site-packages: the module counts as installed, so afar does not send
+    it with the block as it sends the user's own modules (issue 13).
+    """
+    folder = tmp_path / "site-packages"
+    folder.mkdir()
+    (folder / f"{CLIENT_ONLY_MODULE}.py").write_text("def triple(x):\n    return 3 * x\n")
+    monkeypatch.syspath_prepend(str(folder))
     module = importlib.import_module(CLIENT_ONLY_MODULE)
     yield module
     sys.modules.pop(CLIENT_ONLY_MODULE, None)
