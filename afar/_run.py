@@ -229,7 +229,10 @@ class Run:
         with self._pending.lock:
             futures = list(self._pending.futures)
         for future in futures:
-            _stop(future)
+            # A block that finished may still be listed: its done-callback, on the client's
+            # event loop, can run after .result() has returned in this thread.
+            if not future.done():
+                _stop(future)
 
     # -- enter ------------------------------------------------------------------------------
     def _enter(self, frame: types.FrameType, asynchronous: bool) -> MutableMapping[str, Any]:

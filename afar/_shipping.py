@@ -60,25 +60,72 @@ _RUNTIME_NAME = (
     "afar-runtime-" + hashlib.sha256("".join(s.digest for s in _SHIPPED).encode()).hexdigest()[:16]
 )
 
-_registered: set[tuple[str, str]] = set()
+# Registrations per (client, scheduler): done, or in progress (what other callers wait on).
+_registrations: dict[tuple[str, str], _Registration] = {}
 _registered_lock = threading.Lock()
+# Seconds a thread waits for another thread's registration of the same client's plugin.
+REGISTRATION_TIMEOUT = 60
+
+
+class _Registration:
+    """One client's registration of the runtime plugin, which concurrent blocks all wait for:
+    a block submitted before it is done would find no runtime on the worker."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.failed = False
+        self.awaitable: Any = None  # an asynchronous client's registration, awaited by all
 
 
 def ensure_runtime(client: Any) -> Awaitable[Any] | None:
     """Register the runtime plugin with the client's cluster once (one round trip, first block).
 
+    Blocks submitted from other threads (or coroutines) meanwhile wait for that registration.
     Returns an awaitable for an asynchronous client, which the caller must await.
     """
     identity = (client.id, str(getattr(client.scheduler, "address", "")))
     with _registered_lock:
-        if identity in _registered:
-            return None
-        _registered.add(identity)
+        registration = _registrations.get(identity)
+        first = registration is None
+        if registration is None:
+            registration = _registrations[identity] = _Registration()
+    if not first:
+        if client.asynchronous:
+            return registration.awaitable if not registration.done.is_set() else None
+        if not registration.done.wait(REGISTRATION_TIMEOUT) or registration.failed:
+            return ensure_runtime(client)  # the other thread's attempt failed: try again
+        return None
     plugin = _worker.Runtime({s.digest: s.function for s in _SHIPPED})
     try:
         outcome = client.register_plugin(plugin, name=_RUNTIME_NAME)
     except BaseException:
-        with _registered_lock:
-            _registered.discard(identity)
+        _forget(identity, registration)
         raise
-    return outcome if client.asynchronous else None
+    if not client.asynchronous:
+        registration.done.set()
+        return None
+    registration.awaitable = _shared(outcome, identity, registration)
+    return registration.awaitable
+
+
+def _forget(identity: tuple[str, str], registration: _Registration) -> None:
+    with _registered_lock:
+        if _registrations.get(identity) is registration:
+            del _registrations[identity]
+    registration.failed = True
+    registration.done.set()
+
+
+def _shared(outcome: Awaitable[Any], identity: tuple[str, str], registration: _Registration):
+    """An asynchronous registration as a Future that every waiting coroutine can await."""
+    import asyncio
+
+    async def register() -> None:
+        try:
+            await outcome
+        except BaseException:
+            _forget(identity, registration)
+            raise
+        registration.done.set()
+
+    return asyncio.ensure_future(register())
