@@ -121,7 +121,7 @@ def ipython_magic_cell() -> str | None:
     if history is None or not history.input_hist_parsed:
         return None
     try:
-        statements = ast.parse(history.input_hist_parsed[-1]).body
+        statements = _cpython.parse(history.input_hist_parsed[-1]).body
     except SyntaxError:
         return None
     call = statements[-1].value if statements and isinstance(statements[-1], ast.Expr) else None
@@ -151,7 +151,7 @@ def parsed(filename: str, text: str, flags: int) -> tuple[ast.Module, str]:
 
 @lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _parse(text: str, filename: str, flags: int) -> ast.Module:
-    return compile(text, filename, "exec", flags=flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+    return _cpython.parse(text, filename, "exec", flags)
 
 
 @lru_cache(maxsize=PARSE_CACHE_SIZE)
@@ -243,7 +243,7 @@ def _statement_alone(text: str, site: Site) -> types.CodeType | None:
     for statement in tree.body:
         if statement.lineno <= site.node.lineno <= (statement.end_lineno or statement.lineno):
             alone = ast.Module(body=[statement], type_ignores=[])
-            return compile(alone, site.filename, "exec", flags=site.future_flags, dont_inherit=True)
+            return _cpython.compile_tree(alone, site.filename, "exec", site.future_flags)
     return None
 
 

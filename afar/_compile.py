@@ -11,6 +11,7 @@ import types
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from afar import _cpython
 from afar._capture import Site, first_line, site_for
 from afar._names import (
     WRAPPER_NAME,
@@ -107,7 +108,7 @@ def block_for_source(source: str, filename: str) -> Block:
     lines = tuple(source.splitlines(keepends=True))
     linecache.cache[filename] = (len(source), None, list(lines), filename)
     try:
-        tree = ast.parse(source, filename)
+        tree = _cpython.parse(source, filename)
     except SyntaxError as error:
         raise BlockSyntaxError(error.msg, filename, error.lineno) from None
     if not tree.body:

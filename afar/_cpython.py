@@ -28,15 +28,37 @@ family and PEP 667; 3.14 ``LOAD_FAST_BORROW``, ``LOAD_SMALL_INT``, ``LOAD_SPECIA
 from __future__ import annotations
 import __future__
 
+import ast
 import ctypes
 import dis
 import functools
 import inspect
 import operator
 import sys
+import threading
 import types
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+# -- syntax trees ---------------------------------------------------------------------------
+# CPython 3.11 and 3.12 (gh-106905) keep the recursion depth of converting between syntax
+# trees and Python objects per interpreter, not per thread: two threads parsing to a tree (or
+# compiling one) at once can raise "SystemError: AST constructor recursion depth mismatch".
+# Blocks first entered in several threads at once do exactly that, so afar converts under a lock.
+_SYNTAX_TREES = threading.RLock()
+
+
+def parse(source: str | bytes, filename: str = "<unknown>", mode: str = "exec", flags: int = 0):
+    """``ast.parse`` that is safe to call from several threads (see ``_SYNTAX_TREES``)."""
+    with _SYNTAX_TREES:
+        return compile(source, filename, mode, flags=flags | ast.PyCF_ONLY_AST, dont_inherit=True)
+
+
+def compile_tree(tree: ast.AST, filename: str, mode: str = "exec", flags: int = 0):
+    """``compile`` of a syntax tree, safe to call from several threads."""
+    with _SYNTAX_TREES:
+        return compile(tree, filename, mode, flags=flags, dont_inherit=True)
+
 
 # -- code flags -----------------------------------------------------------------------------
 CO_OPTIMIZED = inspect.CO_OPTIMIZED

@@ -28,6 +28,8 @@ import sysconfig
 import threading
 from typing import Any
 
+from afar import _cpython
+
 # Never sent: afar's own worker code travels in its plugin; ``__main__``'s objects by value.
 _NEVER = frozenset({"afar", "__main__", "__mp_main__", "builtins"})
 _SITE_FOLDER_NAMES = frozenset({"site-packages", "dist-packages"})
@@ -174,7 +176,7 @@ def _editable_packages(folder: str) -> list[str]:
     for finder in glob.glob(os.path.join(glob.escape(folder), _EDITABLE_FINDERS)):
         with contextlib.suppress(OSError, SyntaxError, ValueError, UnicodeDecodeError):
             with open(finder, encoding="utf-8") as file:
-                tree = ast.parse(file.read())
+                tree = _cpython.parse(file.read())
             for node in tree.body:
                 targets = node.targets if isinstance(node, ast.Assign) else []
                 if isinstance(node, ast.AnnAssign):

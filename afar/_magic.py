@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from afar import _cpython
 from afar._locations import DEFAULT_LOCATIONS, Location, Where, remotely
 from afar._run import Captured, Get, Run
 from afar._run import get as _afar_get
@@ -386,7 +387,7 @@ def silenced_in_cell(shell: Any, magic: str, line: str) -> bool:
     if not history:
         return False
     try:
-        tree = ast.parse(history[-1])
+        tree = _cpython.parse(history[-1])
     except SyntaxError:
         return False
     statements = 0
@@ -415,10 +416,10 @@ def _is_magic_call(node: ast.AST, magic: str, line: str) -> bool:
 
 def _check_expression(expression: str, filename: str, magic: str) -> None:
     try:
-        compile(expression, filename, "eval", ast.PyCF_ONLY_AST, dont_inherit=True)
+        _cpython.parse(expression, filename, "eval")
     except SyntaxError:
         try:
-            compile(expression, filename, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+            _cpython.parse(expression, filename, "exec")
         except SyntaxError:
             raise  # not Python at all: the user's own syntax error
         raise _OptionError(

@@ -30,7 +30,7 @@ from typing import Any
 
 import cloudpickle
 
-from afar import _locality
+from afar import _cpython, _locality
 from afar._importer import MODULE, NAMESPACE, PACKAGE, Sources
 from afar.errors import LocalModuleError
 
@@ -168,7 +168,7 @@ def _version(name: str, text: bytes, kind: str, filename: str) -> Version:
     ).hexdigest()
     package = name if kind != MODULE else name.rpartition(".")[0]
     try:
-        tree = ast.parse(text, filename) if text else None
+        tree = _cpython.parse(text, filename) if text else None
     except (SyntaxError, ValueError):
         tree = None  # the worker reports the SyntaxError when it imports the module
     imports = imported_names([tree], package) if tree is not None else ()

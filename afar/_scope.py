@@ -20,6 +20,7 @@ from collections import ChainMap
 from collections.abc import Mapping
 from typing import Any
 
+from afar import _cpython
 from afar._cpython import is_optimized
 
 # Names of the generated scopes; the user's names never reach them (they are the functions'
@@ -87,7 +88,7 @@ def _code(
     )
     expression = ast.fix_missing_locations(packed)
     if captured is None:
-        return compile(ast.Expression(expression), filename, "eval", flags, dont_inherit=True)
+        return _cpython.compile_tree(ast.Expression(expression), filename, "eval", flags)
     return _compiled(expression, list(captured), class_body, filename, flags)
 
 
@@ -137,7 +138,7 @@ def _compiled(
         **line,
     )
     module = ast.fix_missing_locations(ast.Module(body=[outer], type_ignores=[]))
-    compiled = compile(module, filename, "exec", flags, dont_inherit=True)
+    compiled = _cpython.compile_tree(module, filename, "exec", flags)
     outer_code = next(c for c in compiled.co_consts if isinstance(c, types.CodeType))
     return next(c for c in outer_code.co_consts if isinstance(c, types.CodeType))
 

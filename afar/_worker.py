@@ -39,6 +39,7 @@ LOCALS_NAME = "@afar_locals"
 DISPLAY_NAME = "@afar_display"
 # Process-wide cache of compiled blocks, shared by every version of this module in the process.
 CACHE_ATTRIBUTE = "_afar_compiled_blocks_v1"
+COMPILE_LOCK_ATTRIBUTE = "_afar_compile_lock_v1"
 CACHE_LIMIT = 256
 # The name of a block's function, as tracebacks show it: "<afar block script.py:12>".
 BLOCK_FUNCTION_PREFIX = "<afar block "
@@ -238,7 +239,10 @@ def block_and_code(packed: bytes) -> tuple[BlockCode, types.CodeType]:
     found = cache.get(packed)
     if found is None:
         block = BlockCode(*pickle.loads(packed))
-        found = (block, compile_block(block))
+        # Syntax trees are converted under one process-wide lock: CPython 3.11 and 3.12
+        # (gh-106905) raise SystemError when two threads do it at once.
+        with sys.__dict__.setdefault(COMPILE_LOCK_ATTRIBUTE, threading.Lock()):
+            found = (block, compile_block(block))
         register_source(block)
         if len(cache) >= CACHE_LIMIT:
             cache.pop(next(iter(cache)), None)
