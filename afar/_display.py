@@ -304,7 +304,10 @@ class CellSink:
                     self._late_progress = late.add_display(self, bundle)
                 else:
                     self._late_progress[2] = bundle
-                late.changed(self._tracker)
+                if counts.get("end"):
+                    late.send(self._tracker)  # the summary goes out with the block's end
+                else:
+                    late.changed(self._tracker)
 
     def close(self) -> None:
         """The block has finished: no output will follow (a cell ending now needs no display)."""

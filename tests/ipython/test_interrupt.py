@@ -10,31 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import nbclient
+import nbformat
 import pytest
+from distributed import Client, LocalCluster
+from kernels import (
+    ANSI_ESCAPE,
+    CELL_TIMEOUT_SECONDS,
+    client_options,
+    install_kernel,
+    kernel_environment,
+)
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-kernelspec = pytest.importorskip("ipykernel.kernelspec")
-
-from distributed import Client, LocalCluster  # noqa: E402
-
-import afar  # noqa: E402
-
-PACKAGE_ROOT = str(Path(afar.__file__).resolve().parents[1])
-KERNEL_NAME = "afar-test-python"
-CELL_TIMEOUT_SECONDS = 60
-STARTUP_TIMEOUT_SECONDS = 60
 # The next cell's block must run within this long of the interrupt (the stopped one would run
 # for a minute).
 FREE_WITHIN_SECONDS = 10
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 pytestmark = pytest.mark.slow
 
@@ -99,28 +93,9 @@ def test_the_notebook_interrupt_stops_the_block(
     ]
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     home = tmp_path_factory.mktemp("jupyter")
-    kernelspec.write_kernel_spec(
-        str(home / "kernels" / KERNEL_NAME),
-        overrides={
-            "display_name": "afar test kernel",
-            "argv": [
-                sys.executable,
-                "-m",
-                "ipykernel_launcher",
-                "-f",
-                "{connection_file}",
-                "--IPKernelApp.capture_fd_output=False",
-            ],
-        },
-    )
+    install_kernel(home)
     runner = InterruptingClient(
-        notebook,
-        trigger=f"{tag} 0",
-        kernel_name=KERNEL_NAME,
-        timeout=CELL_TIMEOUT_SECONDS,
-        startup_timeout=STARTUP_TIMEOUT_SECONDS,
-        allow_errors=True,
-        resources={"metadata": {"path": str(home)}},
+        notebook, trigger=f"{tag} 0", allow_errors=True, **client_options(home)
     )
 
     async def execute() -> None:
@@ -132,12 +107,7 @@ def test_the_notebook_interrupt_stops_the_block(
             await asyncio.wait_for(running, CELL_TIMEOUT_SECONDS)
             await runner.async_execute_cell(notebook.cells[2], 2)
 
-    python_path = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("JUPYTER_PATH", str(home))
-        patch.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
-        patch.setenv("IPYTHONDIR", str(home / "ipython"))
-        patch.setenv("PYTHONPATH", python_path)
+    with kernel_environment(home):
         asyncio.run(execute())
     nbformat.write(notebook, home / "executed.ipynb")  # for a look when the test fails
 

@@ -9,83 +9,30 @@ is used, so it runs the same on a fresh CI machine.
 from __future__ import annotations
 
 import json
-import os
-import re
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-kernelspec = pytest.importorskip("ipykernel.kernelspec")
-pytest.importorskip("pandas")
-
-import afar  # noqa: E402
+from kernels import ANSI_ESCAPE, RecordingClient, client_options, install_kernel, kernel_environment
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "afar-in-jupyter.ipynb"
-PACKAGE_ROOT = str(Path(afar.__file__).resolve().parents[1])
-KERNEL_NAME = "afar-test-python"
-# Bounds of the run: each cell, the kernel's start, and the whole notebook.
-CELL_TIMEOUT_SECONDS = 60
-STARTUP_TIMEOUT_SECONDS = 60
+# Bound of the whole notebook's run.
 NOTEBOOK_BUDGET_SECONDS = 90
 INDICATOR_TEXT = "running on the cluster"
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 
 pytestmark = pytest.mark.slow
-
-
-class RecordingClient(nbclient.NotebookClient):
-    """Executes a notebook and records every output message with the cell running then."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.received: list[tuple[int, str, dict[str, Any]]] = []
-
-    def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
-        self.received.append((cell_index, msg["msg_type"], msg["content"]))
-        return super().process_message(msg, cell, cell_index)
 
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, RecordingClient, float]:
     """The example notebook, executed once for the module, in a kernel for sys.executable."""
     home = tmp_path_factory.mktemp("jupyter")
-    kernelspec.write_kernel_spec(
-        str(home / "kernels" / KERNEL_NAME),
-        overrides={
-            "display_name": "afar test kernel",
-            "argv": [
-                sys.executable,
-                "-m",
-                "ipykernel_launcher",
-                "-f",
-                "{connection_file}",
-                # The LocalCluster's worker processes share the kernel's standard output and
-                # error, which ipykernel would forward, as they are written at the level of
-                # file descriptors, to whichever cell runs: their logs, and what Dask's own
-                # print() copies there. Not afar's output, which this test follows.
-                "--IPKernelApp.capture_fd_output=False",
-            ],
-        },
-    )
-    python_path = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
+    install_kernel(home)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = RecordingClient(
-        notebook,
-        kernel_name=KERNEL_NAME,
-        timeout=CELL_TIMEOUT_SECONDS,
-        startup_timeout=STARTUP_TIMEOUT_SECONDS,
-        resources={"metadata": {"path": str(home)}},  # the kernel's working directory
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("JUPYTER_PATH", str(home))
-        patch.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
-        patch.setenv("IPYTHONDIR", str(home / "ipython"))
-        patch.setenv("PYTHONPATH", python_path)
+    client = RecordingClient(notebook, **client_options(home))
+    with kernel_environment(home):
         started = time.monotonic()
         client.execute()
         elapsed = time.monotonic() - started

@@ -7,28 +7,14 @@ kernel sent while the cells ran, are checked.
 
 from __future__ import annotations
 
-import os
 import re
-import sys
-from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
+from distributed import LocalCluster
+from kernels import RecordingClient, client_options, install_kernel, kernel_environment
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-kernelspec = pytest.importorskip("ipykernel.kernelspec")
-pytest.importorskip("tqdm")
-pytest.importorskip("dask.array")
-
-from distributed import LocalCluster  # noqa: E402
-
-import afar  # noqa: E402
-
-PACKAGE_ROOT = str(Path(afar.__file__).resolve().parents[1])
-KERNEL_NAME = "afar-progress-test-python"
-CELL_TIMEOUT_SECONDS = 60
-STARTUP_TIMEOUT_SECONDS = 60
 COUNTS = re.compile(r"([\d,]+)/([\d,]+) tasks")
 
 pytestmark = pytest.mark.slow
@@ -82,46 +68,16 @@ WAIT_FOR_IT = "float(total.result(timeout=60))"
 CELLS = [SETUP, DASK_WORK, TQDM_BAR, NO_PROGRESS, QUIET, RUN_IN_BACKGROUND, WAIT_FOR_IT]
 
 
-class RecordingClient(nbclient.NotebookClient):
-    """Executes a notebook and records every output message with the cell running then."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.received: list[tuple[int, str, dict[str, Any]]] = []
-
-    def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
-        self.received.append((cell_index, msg["msg_type"], msg["content"]))
-        return super().process_message(msg, cell, cell_index)
-
-
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, RecordingClient]:
     home = tmp_path_factory.mktemp("jupyter")
-    kernelspec.write_kernel_spec(
-        str(home / "kernels" / KERNEL_NAME),
-        overrides={
-            "display_name": "afar progress test kernel",
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        },
-    )
+    install_kernel(home)
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
-    python_path = os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))
     with LocalCluster(
         n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
     ) as cluster:
-        client = RecordingClient(
-            notebook,
-            kernel_name=KERNEL_NAME,
-            timeout=CELL_TIMEOUT_SECONDS,
-            startup_timeout=STARTUP_TIMEOUT_SECONDS,
-            resources={"metadata": {"path": str(home)}},
-        )
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("JUPYTER_PATH", str(home))
-            patch.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
-            patch.setenv("IPYTHONDIR", str(home / "ipython"))
-            patch.setenv("PYTHONPATH", python_path)
-            patch.setenv("AFAR_TEST_SCHEDULER", cluster.scheduler_address)
+        client = RecordingClient(notebook, **client_options(home))
+        with kernel_environment(home, AFAR_TEST_SCHEDULER=cluster.scheduler_address):
             client.execute()
     nbformat.write(notebook, home / "executed.ipynb")  # for a look when a test fails
     return notebook, client
