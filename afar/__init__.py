@@ -9,9 +9,9 @@
 from __future__ import annotations
 
 from afar import _remote
+from afar._ipython.magics import load_ipython_extension, new_magic
 from afar._locality import modules
 from afar._locations import Location, later, locally, remotely
-from afar._magic import load_ipython_extension, new_magic
 from afar._run import Captured, Get, Run, get, run
 from afar.errors import (
     AfarError,

@@ -11,8 +11,8 @@ afar reads three kinds of interpreter detail, and nothing else in the package ma
   ``frame.f_locals`` is a snapshot dict copied back with ``PyFrame_LocalsToFast``. 3.13+
   (PEP 667): ``frame.f_locals`` is a write-through proxy and that C function is gone.
 * **opcodes** — afar compares what the running code does on the lines of a ``with`` statement
-  with what its source compiles to (``afar._capture``), so that it never ships a source that is
-  not the running code. Every opcode name is classified below: ignored (it reflects how the
+  with what its source compiles to (``afar._analysis.source``), so that it never ships a source
+  that is not the running code. Every opcode name is classified below: ignored (it reflects how the
   code was compiled, not what the source says), a variant of a plain load or store, or compared
   as it is. ``tests/unit/test_cpython.py`` walks ``dis.opmap`` and every code flag of the running
   interpreter and fails on anything new, so that a new CPython breaks a test, not a user.

@@ -31,7 +31,7 @@ from typing import Any
 import cloudpickle
 
 from afar import _cpython, _locality
-from afar._importer import MODULE, NAMESPACE, PACKAGE, Sources
+from afar._worker.importer import MODULE, NAMESPACE, PACKAGE, Sources
 from afar.errors import LocalModuleError
 
 # Source larger than this is refused: such a file is rarely the user's own helpers, and every

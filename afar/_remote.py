@@ -15,9 +15,9 @@ import cloudpickle
 from distributed import Future
 
 from afar import _modules
-from afar._compile import Block
+from afar._block import Block
 from afar._shipping import pick, run_block
-from afar._worker import RUNTIME_FILENAME
+from afar._worker.runtime import RUNTIME_FILENAME
 from afar.errors import ClientError, NotPicklableError
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)

@@ -22,14 +22,13 @@ from typing import Any
 
 from distributed import Future
 
-from afar import _modules, _remote
+from afar import _ipython, _modules, _remote
+from afar._analysis.scope import call_arguments, enclosing_values
+from afar._analysis.source import Site
 from afar._bind import bind, release_locals_snapshot
-from afar._capture import Site
-from afar._compile import Block, block_for
+from afar._block import Block, block_for
 from afar._cpython import is_optimized
 from afar._locations import DEFAULT_LOCATIONS, LOCATION_NAMES, Location, SkipBody, Where
-from afar._output import STDERR, stream_identity
-from afar._scope import call_arguments, enclosing_values
 from afar._shipping import culprits, ensure_runtime
 from afar._stream import (
     OutputRouter,
@@ -39,7 +38,14 @@ from afar._stream import (
     router_for,
     silence,
 )
-from afar._worker import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, TIMED_OUT, missing_name, run_here
+from afar._worker.output import STDERR, stream_identity
+from afar._worker.runtime import (
+    BLOCK_FUNCTION_PREFIX,
+    RUNTIME_FILENAME,
+    TIMED_OUT,
+    missing_name,
+    run_here,
+)
 from afar.errors import (
     ClientError,
     LocationError,
@@ -211,7 +217,7 @@ class Run:
         Returns what ``with run as data`` would give; saved names are bound in ``namespace``.
         """
         __tracebackhide__ = True
-        from afar._compile import block_for_source
+        from afar._block import block_for_source
 
         entry = self._new_entry(block_for_source(source, filename), None, namespace)
         results = entry.results
@@ -894,20 +900,18 @@ def _stderr_is_terminal() -> bool:
 
 def _cell_sink(label: str) -> Sink | None:
     """The notebook cell's sink for a block's output, or None outside a Jupyter kernel."""
-    ipython = sys.modules.get("IPython")  # afar never imports IPython itself
-    if ipython is None or ipython.get_ipython() is None:
+    if _ipython.shell() is None:
         return None
-    from afar._display import sink_for_block
+    from afar._ipython.cells import sink_for_block
 
     return sink_for_block(label)
 
 
 def _waiting_indicator(label: str) -> contextlib.AbstractContextManager[None]:
     """In a Jupyter kernel, the cell shows while afar.get waits that the block runs remotely."""
-    ipython = sys.modules.get("IPython")  # afar never imports IPython itself
-    if ipython is None or ipython.get_ipython() is None:
+    if _ipython.shell() is None:
         return contextlib.nullcontext()
-    from afar._display import waiting_indicator
+    from afar._ipython.cells import waiting_indicator
 
     return waiting_indicator(label)
 
@@ -943,8 +947,7 @@ def _for_ipython(tb: types.TracebackType | None) -> types.TracebackType | None:
     with statement) unless the frame is a module's, which it shows at its line: such a frame,
     at the same file and line, replaces each of the block's own frames.
     """
-    ipython = sys.modules.get("IPython")  # afar never imports IPython itself
-    if tb is None or ipython is None or ipython.get_ipython() is None:
+    if tb is None or _ipython.shell() is None:
         return tb
     frames: list[types.TracebackType] = []
     node: types.TracebackType | None = tb
@@ -1025,8 +1028,7 @@ def _captured(entry: _Entry) -> Captured:
 
 def _interactive() -> bool:
     """Whether a final expression's value is shown, as IPython or the interactive prompt would."""
-    ipython = sys.modules.get("IPython")
-    if ipython is not None and ipython.get_ipython() is not None:
+    if _ipython.shell() is not None:
         return True
     return hasattr(sys, "ps1") or bool(sys.flags.interactive)
 

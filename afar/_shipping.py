@@ -1,9 +1,9 @@
 """How afar's worker-side functions travel: by value, once per worker, then named by digest.
 
-Workers need no afar installed: the functions of ``_worker`` (and the modules it imports by
-name) are pickled by value with cloudpickle, inside a worker plugin that each client registers
-once (Dask sends plugins to every worker, also to workers that join later). A task then carries
-only the digest of its function, which the worker looks up in a per-process table.
+Workers need no afar installed: the functions of the ``afar._worker`` package (its modules import
+each other by name) are pickled by value with cloudpickle, inside a worker plugin that each client
+registers once (Dask sends plugins to every worker, also to workers that join later). A task then
+carries only the digest of its function, which the worker looks up in a per-process table.
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from typing import Any
 
 import cloudpickle
 
-from afar import _importer, _output, _progress, _worker
+from afar._worker import importer, output, progress
+from afar._worker import runtime as _worker
 
-for _module in (_worker, _output, _progress, _importer):
+# Each module by name: Dask's serializer (distributed.protocol.pickle) hands an object to
+# cloudpickle only when the object's own module is in cloudpickle's registry, parents aside.
+for _module in (_worker, output, progress, importer):
     cloudpickle.register_pickle_by_value(_module)
 
 # The task's function: ``eval`` of a call of the shipped function, looked up by digest on the

@@ -1,8 +1,8 @@
 """Client side of live output: one event subscription per client, each block's output to its sink.
 
-Workers send a block's output as events on the client's topic (``topic_for``; layout and limits in
-``afar._output``). ``router_for(client)`` subscribes once per client; the core then brackets each
-block with ``register``/``unregister``::
+Workers send a block's output as events on the client's topic (``topic_for``; layout and limits
+in ``afar._worker.output``). ``router_for(client)`` subscribes once per client; the core then
+brackets each block with ``register``/``unregister``::
 
     router = router_for(client)          # before submitting: the subscription goes first
     router.register(key, sink)
@@ -19,7 +19,7 @@ Per-block state: a registered block holds its sink and the attempt tokens seen (
 ``MAX_ATTEMPTS``) until ``unregister``; blocks without a sink are remembered only for restart
 notices, at most ``MAX_UNREGISTERED`` of them, least recently heard from forgotten first.
 
-What stays on the scheduler: see ``afar._output``; in short, the last 1000 events of each
+What stays on the scheduler: see ``afar._worker.output``; in short, the last 1000 events of each
 client's topic (``distributed.admin.low-level-log-length``) until the scheduler stops, readable by
 any client. Quiet blocks send nothing.
 """
@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from afar._output import (
+from afar._worker.output import (
     DISPLAY,
     DROPPED,
     LIMIT,
@@ -84,7 +84,7 @@ class Sink(Protocol):
         """Show a payload the block sent with ``Emitter.send(DISPLAY, ...)``, e.g. a mimebundle."""
 
     # Optional: ``progress(label, counts)`` shows the counts of the block's Dask work
-    # (``afar._progress``); a sink without it shows none.
+    # (``afar._worker.progress``); a sink without it shows none.
 
 
 def print_plain(payload: Any) -> None:

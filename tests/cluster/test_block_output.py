@@ -35,8 +35,8 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 import afar
 from afar import remotely
-from afar._output import BATCH_MAX_CHARS, BATCH_SECONDS, MAX_BLOCK_CHARS, STDERR, STDOUT
 from afar._stream import NOTICE_PREFIX, TOPIC_PREFIX, router_for, topic_for
+from afar._worker.output import BATCH_MAX_CHARS, BATCH_SECONDS, MAX_BLOCK_CHARS, STDERR, STDOUT
 
 THIS_FILE = str(Path(__file__))
 THIS_SOURCE = Path(__file__).read_text().splitlines()

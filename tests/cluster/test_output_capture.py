@@ -15,8 +15,9 @@ import cloudpickle
 import pytest
 from distributed import Client, Event
 
-import afar._output
-from afar._output import (
+import afar._worker.output
+from afar._stream import restart_notice, router_for, topic_for
+from afar._worker.output import (
     BATCH_MAX_CHARS,
     BATCH_SECONDS,
     DISPLAY,
@@ -25,10 +26,9 @@ from afar._output import (
     STDOUT,
     capture_output,
 )
-from afar._stream import restart_notice, router_for, topic_for
 
 # Workers need no afar, nor this file: what they run travels by value.
-cloudpickle.register_pickle_by_value(afar._output)
+cloudpickle.register_pickle_by_value(afar._worker.output)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 # Bound on every wait for the cluster; far above what any step takes.
@@ -491,8 +491,8 @@ def test_workers_need_no_afar(client: Client) -> None:
 
 
 def test_two_router_versions_share_a_worker(client: Client) -> None:
-    source = Path(afar._output.__file__).read_text()
-    version = f"\n_ROUTER_VERSION = {afar._output._ROUTER_VERSION}\n"
+    source = Path(afar._worker.output.__file__).read_text()
+    version = f"\n_ROUTER_VERSION = {afar._worker.output._ROUTER_VERSION}\n"
     assert version in source
     other = source.replace(version, "\n_ROUTER_VERSION = 1_000\n")
     rounds = 4

@@ -79,7 +79,7 @@ with afar.get, remotely:  # NO DASK WORK
     time.sleep(1.5)
     slept = True
 
-# The blocks that sent anything through the scheduler (the layout of afar._output).
+# The blocks that sent anything through the scheduler (the layout of afar._worker.output).
 events = client.get_events("afar-output-" + client.id)
 print("sent", *sorted({{int(message["label"].rpartition(":")[2]) for _, message in events}}))
 client.close()

@@ -12,8 +12,8 @@ import html
 import pytest
 from ipython_helpers import ok
 
-from afar import _display
-from afar._display import (
+from afar._ipython import cells as _display
+from afar._ipython.cells import (
     LATE_OUTPUT_LIMIT,
     STDERR_MIME,
     CellSink,
@@ -21,7 +21,7 @@ from afar._display import (
     render,
     waiting_indicator,
 )
-from afar._output import STDERR, STDOUT
+from afar._worker.output import STDERR, STDOUT
 
 # Longest wait for something a timer thread does.
 EVENT_TIMEOUT_SECONDS = 10

@@ -16,9 +16,9 @@ from IPython.core.error import UsageError
 from ipython_helpers import ok, run
 
 import afar
-from afar import _magic
-from afar._display import sink_for_block, waiting_indicator
-from afar._magic import RESULT_NAME, Settings, run_for
+from afar._ipython import magics as _magic
+from afar._ipython.cells import sink_for_block, waiting_indicator
+from afar._ipython.magics import RESULT_NAME, Settings, run_for
 
 # Seconds a subprocess that imports afar may take.
 SUBPROCESS_TIMEOUT_SECONDS = 60

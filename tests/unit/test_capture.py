@@ -17,8 +17,8 @@ from unit_helpers import (
 )
 
 import afar
-from afar import _compile
-from afar._capture import check_body_not_on_header, with_at_line
+from afar import _block as _compile
+from afar._analysis.source import check_body_not_on_header, with_at_line
 
 # The block every placement and header test runs: it saves ``y``, which the test then reads.
 BODY = "x = 20\ny = x + 1\n"

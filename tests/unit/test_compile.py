@@ -10,8 +10,8 @@ import traceback
 import pytest
 from unit_helpers import analysis_of, blocks_of, fake_filename, site_from_source
 
-from afar import _worker
-from afar._names import wrapped_text
+from afar._analysis.names import wrapped_text
+from afar._worker import runtime as _worker
 
 RAISING = """\
 import afar

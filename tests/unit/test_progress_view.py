@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 import afar
-from afar._display import _shown_line, _shown_text
-from afar._output import PROGRESS, PROTOCOL, STDERR, STDOUT
+from afar._ipython.cells import _shown_line, _shown_text
 from afar._stream import DefaultSink, OutputRouter, progress_text
+from afar._worker.output import PROGRESS, PROTOCOL, STDERR, STDOUT
 
 LABEL = "script.py:12"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import afar
-from afar._capture import Site
-from afar._names import Analysis, analyse, wrapped_text
+from afar._analysis.names import Analysis, analyse, wrapped_text
+from afar._analysis.source import Site
 
 # Header of the block every helper builds unless told otherwise.
 LATER_HEADER = "with afar.run, later:"
@@ -116,7 +116,7 @@ def shared_bodies() -> types.ModuleType:
 
 def blocks_of(code: types.CodeType) -> list[Any]:
     """The ``Block`` objects afar cached for the with statements of ``code``, in line order."""
-    from afar import _compile
+    from afar import _block
 
-    found = [b for key, b in _compile._blocks.items() if any(part is code for part in key)]
+    found = [b for key, b in _block._blocks.items() if any(part is code for part in key)]
     return sorted(found, key=lambda block: block.site.node.lineno)

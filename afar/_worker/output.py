@@ -33,7 +33,7 @@ Item kinds (``KINDS``): ``STDOUT`` and ``STDERR`` with a str (consecutive writes
 merged; at most ``BATCH_MAX_CHARS`` characters of text per event); ``DISPLAY`` with whatever the
 runner sends (e.g. a mimebundle dict); ``LIMIT`` with ``{"chars": limit}`` when the block's output
 reaches its limit; ``DROPPED`` with ``{"chars": n, "lines": n}`` when the block ends after output
-was dropped; ``PROGRESS`` with the counts of the block's Dask work (``afar._progress``);
+was dropped; ``PROGRESS`` with the counts of the block's Dask work (``afar._worker.progress``);
 ``NOTICE`` with a line of afar's own for the client's stderr (a block being stopped), shown even
 for a block whose output the client no longer shows. ``Emitter.send`` may add other kinds;
 clients ignore kinds they do not know.

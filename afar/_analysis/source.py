@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
-from afar import _cpython
+from afar import _cpython, _ipython
 from afar.errors import BlockSyntaxError, SourceError
 
 # IPython runs ``%%time`` cells under these file names, without registering them in linecache.
@@ -115,8 +115,7 @@ def ipython_magic_cell() -> str | None:
     ``get_ipython().run_cell_magic('time', '', '<body>')``; the body's line 1 is line 1 of the
     code the magic compiles.
     """
-    ipython_module = sys.modules.get("IPython")
-    shell = ipython_module.get_ipython() if ipython_module is not None else None
+    shell = _ipython.shell()
     history = getattr(shell, "history_manager", None)
     if history is None or not history.input_hist_parsed:
         return None
@@ -160,8 +159,7 @@ def _compiled(text: str, filename: str, flags: int) -> types.CodeType:
 
 
 def _ipython_transform(text: str) -> str | None:
-    ipython_module = sys.modules.get("IPython")
-    shell = ipython_module.get_ipython() if ipython_module is not None else None
+    shell = _ipython.shell()
     if shell is None:
         return None
     return shell.transform_cell(text)

@@ -6,7 +6,7 @@ import ast
 import symtable
 from dataclasses import dataclass
 
-from afar._capture import Site
+from afar._analysis.source import Site
 from afar.errors import BlockSyntaxError
 
 # The name of the function a body is wrapped in for analysis and on the worker (text form).

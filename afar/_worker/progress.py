@@ -1,7 +1,7 @@
 """Worker side of progress: how far the Dask work a running block submitted has come.
 
-This module travels to the workers pickled by value, like ``afar._output``: it imports only the
-standard library, ``distributed`` and modules shipped by value.
+This module travels to the workers pickled by value, like ``afar._worker.output``: it imports only
+the standard library, ``distributed`` and modules shipped by value.
 
 How it works
 ------------
@@ -34,7 +34,7 @@ from typing import Any
 from distributed import get_worker
 from distributed.diagnostics.progressbar import ProgressBar
 
-from afar._output import PROGRESS, Emitter
+from afar._worker.output import PROGRESS, Emitter
 
 # The first look comes this long after the block started: quick blocks cost one timer.
 START_SECONDS = 0.5

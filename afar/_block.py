@@ -12,15 +12,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from afar import _cpython
-from afar._capture import Site, first_line, site_for
-from afar._names import (
+from afar._analysis.names import (
     WRAPPER_NAME,
     Analysis,
     analyse,
     share_module_globals,
     wrapped_text,
 )
-from afar._worker import BlockCode
+from afar._analysis.source import Site, first_line, site_for
+from afar._worker.runtime import BlockCode
 from afar.errors import BlockSyntaxError
 
 # Code locations analysed and kept; a notebook makes a new code object per cell run.

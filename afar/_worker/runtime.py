@@ -30,9 +30,9 @@ from typing import Any, NamedTuple
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from afar._importer import use_modules
-from afar._output import DISPLAY, capture_output
-from afar._progress import watch_progress
+from afar._worker.importer import use_modules
+from afar._worker.output import DISPLAY, capture_output
+from afar._worker.progress import watch_progress
 
 # Names no identifier can spell, so they never collide with the user's (pytest does the same).
 LOCALS_NAME = "@afar_locals"

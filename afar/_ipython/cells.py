@@ -50,8 +50,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from afar._output import STDERR, STDOUT
+from afar._ipython import shell as running_shell
 from afar._stream import NOTICE_PREFIX, progress_text
+from afar._worker.output import STDERR, STDOUT
 
 __all__ = ["CellSink", "sink_for_block", "waiting_indicator"]
 
@@ -74,8 +75,7 @@ EMPTY_BUNDLE: dict[str, str] = {}
 
 def _kernel_shell() -> Any:
     """The running IPython shell if it belongs to a kernel (Jupyter), else None."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None else None
+    shell = running_shell()
     if shell is None or getattr(shell, "kernel", None) is None:
         return None
     return shell

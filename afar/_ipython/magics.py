@@ -574,7 +574,7 @@ def load_ipython_extension(ipython: Any) -> None:
     magic = _magic_function(MAGIC_NAME, Settings())
     ipython.register_magic_function(magic, magic_kind="line_cell", magic_name=MAGIC_NAME)
     if getattr(ipython, "kernel", None) is not None:
-        from afar._display import tracker_for
+        from afar._ipython.cells import tracker_for
 
         # From now on the cells are followed, so the first block already knows its cell.
         tracker_for(ipython)

@@ -1,0 +1,10 @@
+"""What travels to the workers: the code that runs a block there.
+
+Workers need no afar installed: every module of this package is pickled by value (see
+``afar._shipping``) and may import only the standard library and ``distributed``, and each other
+through ``from afar._worker.<module> import <name>`` at module level (cloudpickle then carries the
+names by value too). ``runtime`` rebuilds and runs a block and keeps the blocks running in a
+worker process; ``output`` redirects the block's prints into batched Dask events; ``progress``
+reports the Dask work a block starts; ``importer`` imports the user's own modules sent from the
+client, from memory. This file stays empty of code: it is shipped by value with the rest.
+"""
