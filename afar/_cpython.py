@@ -48,13 +48,17 @@ from typing import Any
 _SYNTAX_TREES = threading.RLock()
 
 
-def parse(source: str | bytes, filename: str = "<unknown>", mode: str = "exec", flags: int = 0):
+def parse(
+    source: str | bytes, filename: str = "<unknown>", mode: str = "exec", flags: int = 0
+) -> Any:
     """``ast.parse`` that is safe to call from several threads (see ``_SYNTAX_TREES``)."""
     with _SYNTAX_TREES:
         return compile(source, filename, mode, flags=flags | ast.PyCF_ONLY_AST, dont_inherit=True)
 
 
-def compile_tree(tree: ast.AST, filename: str, mode: str = "exec", flags: int = 0):
+def compile_tree(
+    tree: ast.Module | ast.Expression, filename: str, mode: str = "exec", flags: int = 0
+) -> types.CodeType:
     """``compile`` of a syntax tree, safe to call from several threads."""
     with _SYNTAX_TREES:
         return compile(tree, filename, mode, flags=flags, dont_inherit=True)

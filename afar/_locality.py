@@ -172,7 +172,7 @@ def _pth_folders(folder: str) -> list[str]:
 
 def _editable_packages(folder: str) -> list[str]:
     """Package folders that setuptools' editable finders (``MAPPING = {...}``) import."""
-    found = []
+    found: list[str] = []
     for finder in glob.glob(os.path.join(glob.escape(folder), _EDITABLE_FINDERS)):
         with contextlib.suppress(OSError, SyntaxError, ValueError, UnicodeDecodeError):
             with open(finder, encoding="utf-8") as file:
@@ -182,7 +182,7 @@ def _editable_packages(folder: str) -> list[str]:
                 if isinstance(node, ast.AnnAssign):
                     targets = [node.target]
                 if any(isinstance(t, ast.Name) and t.id == "MAPPING" for t in targets):
-                    mapping = ast.literal_eval(node.value)  # type: ignore[arg-type]
+                    mapping = ast.literal_eval(node.value)
                     found.extend(str(p) for p in mapping.values())
     return found
 

@@ -351,9 +351,10 @@ class OutputRouter:
         with _routers_lock:
             if _routers.get(client) is self:
                 del _routers[client]
+        gone: tuple[type[BaseException], ...] = (ValueError, *_closed_client_errors())
         try:
             client.unsubscribe_topic(self.topic)
-        except (ValueError, *_closed_client_errors()):
+        except gone:
             pass  # not subscribed any more, or the client is closed
 
 

@@ -97,7 +97,7 @@ def _compiled(
 ) -> types.CodeType:
     """Code of a function (or class body) computing ``expression``, free in ``captured``."""
     # The generated statements stand where the expression stands, as far as locations go.
-    line = {
+    line: dict[str, Any] = {
         "lineno": expression.lineno,
         "col_offset": expression.col_offset,
         "end_lineno": expression.end_lineno,

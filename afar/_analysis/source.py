@@ -274,7 +274,7 @@ def signature(
     """What ``code`` does on lines ``first``..``last`` (but ``skipped``): a multiset of
     (line, operation, operand)."""
     tokens: Counter[tuple[object, ...]] = Counter()
-    line = code.co_firstlineno
+    line: int | None = code.co_firstlineno
     instructions = list(dis.get_instructions(code))
     for index, instruction in enumerate(instructions):
         line = _cpython.instruction_line(instruction, line)

@@ -98,8 +98,9 @@ class ModuleFinder:
             source = self.sources.get(digest) if digest is not None else None
         if source is None:
             return None
+        loader: Any = self  # the finder loads what it finds
         spec = importlib.machinery.ModuleSpec(
-            name, self, origin=source.filename, is_package=source.kind != MODULE
+            name, loader, origin=source.filename, is_package=source.kind != MODULE
         )
         spec.loader_state = source.digest
         spec.has_location = source.kind != NAMESPACE  # sets __file__ to the client's path
@@ -109,7 +110,8 @@ class ModuleFinder:
         return None  # the default module
 
     def exec_module(self, module: types.ModuleType) -> None:
-        source = self.sources[module.__spec__.loader_state]
+        digest: str = getattr(module.__spec__, "loader_state", "")
+        source = self.sources[digest]
         if source.kind == NAMESPACE:
             return
         code = compile(source.text, source.filename, "exec", dont_inherit=True)

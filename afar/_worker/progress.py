@@ -68,7 +68,7 @@ class Watcher:
         self._worker = worker
         self._lock = threading.Lock()
         self._stopped = False
-        self._baseline: frozenset[Any] | None = None
+        self._baseline: frozenset[Any] = frozenset()
         self._bars: dict[Any, Any] = {}
         self._sent: tuple[int, int] | None = None
         self._sent_at = 0.0
@@ -104,7 +104,7 @@ class Watcher:
                 continue
             if getattr(state, "status", None) != "pending":
                 continue
-            held = Future(key, client)
+            held: Any = Future(key, client)
             bar = _Bar([held], self._worker.scheduler.address)
             bar.held = held
             self._bars[key] = bar

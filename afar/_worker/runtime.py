@@ -298,7 +298,7 @@ def register_source(block: BlockCode) -> None:
     """Show the block's lines in tracebacks where its file does not exist (the worker)."""
     filename = block.filename
     entry = linecache.cache.get(filename)
-    lines = list(entry[2]) if entry else []
+    lines: list[str] = list(entry[2]) if entry is not None and len(entry) == 4 else []
     end = block.first_shown_line - 1 + len(block.shown_lines)
     if lines[block.first_shown_line - 1 : end] == list(block.shown_lines):
         return  # the real file (the client, `locally`): leave its entry as linecache keeps it
@@ -425,6 +425,7 @@ def run_block(
         progress = False
     else:
         # (topic, client's stream identity[, whether to report the progress of Dask work])
+        options: list[Any]
         topic, client_streams, *options = stream
         progress = bool(options and options[0])
         capturing = capture_output(topic, str(key), block.label, client_streams=client_streams)
