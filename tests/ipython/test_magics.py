@@ -5,7 +5,10 @@ Blocks run ``locally`` or ``later`` here; the notebook test runs them on a clust
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -48,8 +51,13 @@ def usage_error(shell, source: str) -> str:
 
 
 def test_load_ext_registers_a_line_and_a_cell_magic(shell):
-    assert shell.find_line_magic("afar") is not None
-    assert shell.find_cell_magic("afar") is not None
+    registered = shell.magics_manager.magics
+    # One function serves both forms, as IPython's "line_cell" magics do.
+    assert registered["line"]["afar"] is registered["cell"]["afar"]
+    assert shell.find_line_magic("afar").__name__ == "afar"
+    assert ok(shell, "%afar -w locally 40 + 2") == 42
+    ok(shell, "%%afar -w locally by_cell\nby_cell = 40 + 3")
+    assert shell.user_ns["by_cell"] == 43
 
 
 # -- %%afar -----------------------------------------------------------------------------------
@@ -114,8 +122,11 @@ def test_cell_magic_binds_the_last_name_by_default(shell):
 
 
 def test_cell_magic_shows_a_final_expression(shell, capsys):
-    ok(shell, "%%afar -w locally\nshown = 6\nshown * 7")
-    assert "42" in capsys.readouterr().out
+    capsys.readouterr()
+    assert ok(shell, "%%afar -w locally\nshown = 6\nshown * 7") == 42
+    # Shown once, as IPython shows a cell's value, and the cell's last name is still bound.
+    assert re.fullmatch(r"Out\[\d+\]: 42\n", capsys.readouterr().out)
+    assert shell.user_ns["shown"] == 6
 
 
 def test_cell_magic_trailing_semicolon_hides_the_final_expression(shell, capsys):
@@ -286,6 +297,12 @@ def test_run_option(shell):
     [
         ("%afar -x 1", "unknown option -x"),
         ("%afar -x 1", "%afar -- -x"),
+        ("%afar -g -x", "unknown option -x"),  # an expression starting with '-' needs --
+        ("%afar -gx 1", "unknown option -x"),
+        ("%afar --wh locally 1", "unknown option --wh"),  # no abbreviations
+        ("%%afar -x\nx = 1", "unknown option -x"),
+        ("%afar -w -x 1", "-w needs the name of a variable"),
+        ("%afar --where", "--where needs the name of a variable"),
         ("%afar --nope 1", "unknown option --nope"),
         ("%afar -w", "-w needs the name of a variable"),
         ("%afar -w nowhere 1", "there is no variable 'nowhere'"),
@@ -312,6 +329,29 @@ def test_unknown_option_message_lists_the_options(shell):
     message = usage_error(shell, "%afar -q 1")
     for flag in ("-g", "-r RUN", "-d MAPPING", "-w LOCATION", "-c CLIENT"):
         assert flag in message
+
+
+def test_fixed_options_are_not_offered_as_options(shell):
+    afar.new_magic("near", where=afar.locally)
+    message = usage_error(shell, "%near -q 1")
+    assert "-w LOCATION" not in message
+    assert "-g, -r RUN" in message
+
+
+def test_one_option_table_makes_the_settings_and_new_magics_arguments():
+    longs = [option.long for option in _magic._OPTIONS]
+    assert [field.name for field in dataclasses.fields(Settings)] == longs
+    assert list(inspect.signature(afar.new_magic).parameters)[1:] == longs
+
+
+def test_line_magic_expression_starting_with_a_minus_is_not_an_option(shell):
+    assert ok(shell, "%afar -w locally -1 + base") == 9
+    assert ok(shell, "%afar -w locally -- -- 1") == 1
+
+
+def test_cell_magic_names_may_stand_around_the_options(shell):
+    ok(shell, "%%afar seven -w locally eight\nseven = 7\neight = 8")
+    assert (shell.user_ns["seven"], shell.user_ns["eight"]) == (7, 8)
 
 
 def test_statement_in_line_magic_points_to_the_cell_magic(shell):
