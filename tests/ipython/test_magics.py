@@ -20,8 +20,10 @@ from ipython_helpers import ok, run
 
 import afar
 from afar._ipython import magics as _magic
+from afar._ipython import options as _options
 from afar._ipython.cells import sink_for_block, waiting_indicator
-from afar._ipython.magics import RESULT_NAME, Settings, run_for
+from afar._ipython.magics import RESULT_NAME, run_for
+from afar._ipython.options import _OPTIONS, Settings
 
 # Seconds a subprocess that imports afar may take.
 SUBPROCESS_TIMEOUT_SECONDS = 60
@@ -141,7 +143,7 @@ def test_cell_magic_tracebacks_show_the_cells_lines(shell, capsys):
     # Line 3 of the cell, counting the magic's line as IPython does.
     assert "line 3" in shown
     assert "broken = 1 / 0" in shown
-    assert "_magic.py" not in shown
+    assert "magics.py" not in shown and "options.py" not in shown
 
 
 def test_cell_magic_later_returns_what_it_captured(shell):
@@ -339,7 +341,7 @@ def test_fixed_options_are_not_offered_as_options(shell):
 
 
 def test_one_option_table_makes_the_settings_and_new_magics_arguments():
-    longs = [option.long for option in _magic._OPTIONS]
+    longs = [option.long for option in _OPTIONS]
     assert [field.name for field in dataclasses.fields(Settings)] == longs
     assert list(inspect.signature(afar.new_magic).parameters)[1:] == longs
 
@@ -454,3 +456,4 @@ def test_importing_afar_does_not_import_ipython():
 
 def test_magic_module_imports_ipython_lazily():
     assert "IPython" not in _magic.__dict__
+    assert "IPython" not in _options.__dict__
