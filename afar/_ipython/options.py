@@ -332,8 +332,7 @@ def _resolve(
 
 
 def _checked(option: _Option, text: str, value: Any, magic: str) -> Any:
-    assert option.kind is not None
-    if not isinstance(value, option.kind()):
+    if option.kind is not None and not isinstance(value, option.kind()):
         raise OptionError(
             f"%{magic} -{option.short} {text}: {text} is {_a(type(value).__name__)}, not "
             f"{option.wanted}. For example: {option.usage_hint(magic)}"
