@@ -347,7 +347,7 @@ def _a(noun: str) -> str:
 def settings_from(
     given: dict[str, Any], baked: Settings, namespaces: tuple[Mapping[str, Any], ...], magic: str
 ) -> Settings:
-    values = {
+    values: dict[str, Any] = {
         name: value is True
         if _BY_LONG[name].metavar is None
         else _resolve(_BY_LONG[name], value, namespaces, magic)
