@@ -198,6 +198,9 @@ def _check_expression(expression: str, filename: str, magic: str) -> None:
 def _magic_function(name: str, baked: Settings) -> Callable[..., Any]:
     from IPython.core.magic import no_var_expand
 
+    # Made once: %name (an expression) and %%name (names) read their lines with these.
+    parsers = {form: parser_for(name, baked, expression=form) for form in (True, False)}
+
     def magic(line: str, cell: str | None = None, local_ns: Any = None) -> Any:
         __tracebackhide__ = True  # IPython leaves this frame out of tracebacks
         from IPython import get_ipython
@@ -205,7 +208,10 @@ def _magic_function(name: str, baked: Settings) -> Callable[..., Any]:
         shell = get_ipython()
         namespaces = (local_ns, shell.user_ns) if local_ns is not None else (shell.user_ns,)
         try:
-            given, rest = parse_line(line, baked, magic=name, expression=cell is None)
+            expression = cell is None
+            given, rest = parse_line(
+                line, parsers[expression], baked, magic=name, expression=expression
+            )
             settings = settings_from(given, baked, namespaces, name)
             if cell is None:
                 value = run_line(settings, rest, shell, local_ns, name)
@@ -216,7 +222,7 @@ def _magic_function(name: str, baked: Settings) -> Callable[..., Any]:
 
     magic.__name__ = magic.__qualname__ = name
     # The help, %name?, is the parser's: the table's options that are left, and their use.
-    magic.__doc__ = parser_for(name, baked, expression=True).format_help()
+    magic.__doc__ = parsers[True].format_help()
     # Read local variables when used inside a function (IPython passes them as local_ns).
     magic.needs_local_scope = True  # type: ignore[attr-defined]
     # Keep `{...}` and `$name` in expressions as written (IPython would expand them).

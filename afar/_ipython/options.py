@@ -209,9 +209,10 @@ _HELP_WIDTH = 96
 
 
 def parse_line(
-    line: str, baked: Settings, *, magic: str, expression: bool
+    line: str, parser: Any, baked: Settings, *, magic: str, expression: bool
 ) -> tuple[dict[str, Any], str]:
-    """Split a magic line into ``{long option: word given, or True}`` and the rest.
+    """Split a magic line into ``{long option: word given, or True}`` and the rest, with the
+    ``parser_for`` the magic and its form.
 
     With ``expression``, the rest is the line from the first word that is not an option, as
     written (argparse sees only where it starts); otherwise the other words joined by spaces
@@ -224,7 +225,6 @@ def parse_line(
         comment = next((i for i, t in enumerate(tokens) if t.group().startswith("#")), None)
         tokens = tokens[:comment]
     words = [token.group() for token in tokens]
-    parser = parser_for(magic, baked, expression=expression)
     try:
         if expression:
             namespace, unknown = parser.parse_known_args(words)
