@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from unit_helpers import analysis_of, blocks_of, captured, exec_registered
 
 import afar
-from afar import _run
+from afar import _variables
 
 # (body, names read from outside, names the block assigns)
 READS_AND_ASSIGNED = {
@@ -385,7 +385,7 @@ def test_builtins_are_not_shipped():
     (block,) = blocks_of(frame.f_code)
     assert set(block.analysis.reads) == {"len", "local", "print", "shown", "missing"}
     entry = types.SimpleNamespace(block=block, frame=frame)
-    values = _run.read_variables(entry, None)
+    values = _variables.read_variables(entry, None)
     assert values == {"local": 1, "shown": "shown"}
     assert not set(values) & set(vars(builtins))
 

@@ -1,0 +1,142 @@
+"""Waiting for an afar.get block: its values, its time limit, Ctrl-C, and stopping it.
+
+``Values`` is afar.get's results step (see ``afar._submission``): the block's values are
+fetched in one trip through the client, a block that overruns ``timeout=`` or is interrupted is
+cancelled and stopped on the worker, and a value that cannot come back is named. Waiting is the
+only place afar blocks the caller, so everything about giving up on a block lives here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from distributed import Future
+
+from afar import _ipython
+from afar._shipping import culprits
+from afar._stream import silence
+from afar._submission import Results
+from afar._variables import Entry, bind_results
+from afar._worker.runtime import TIMED_OUT
+from afar.errors import NotPicklableError
+
+if TYPE_CHECKING:
+    from afar._submission import Submission
+
+
+class Values(Results):
+    """afar.get's results: wait for the block, then bind the plain values it saved."""
+
+    strict = True  # a missing saved name fails the block: the caller is there to see it
+    reports_failures = False  # the caller waits: the error is raised to it
+    caller_waits = True
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+
+    def single(self, entry: Entry, limit: float | None) -> bool:
+        return False  # the values come back together, in one trip
+
+    def sent(self, submission: Submission, body: Future) -> None:
+        """Nothing to bind before the values arrive."""
+
+    def wait(self, submission: Submission) -> None:
+        __tracebackhide__ = True
+        bind_results(submission.entry, wait_values(submission.body, submission.entry, self.timeout))
+
+    async def wait_async(self, submission: Submission) -> None:
+        body = submission.body
+        try:
+            results = await body
+        except BaseException:
+            silence(submission.client, body.key)
+            cancelling = body.cancel()
+            if inspect.isawaitable(cancelling):  # an asynchronous client's cancel
+                await cancelling
+            raise
+        bind_results(submission.entry, unless_timed_out(results))
+
+
+def wait_values(body: Future, entry: Entry, timeout: float | None) -> dict[str, Any]:
+    """Wait for an afar.get block and fetch its values, in one trip through the client's loop.
+
+    Ctrl-C (KeyboardInterrupt) cancels the block: the wait is on a lock, which a signal
+    interrupts at once. With ``timeout=``, the block is cancelled when it has not finished by
+    then (Python 3.10's ``result`` raises ``asyncio.TimeoutError`` there, bpo-42413).
+    """
+    __tracebackhide__ = True
+    try:
+        with _waiting_indicator(entry.block.label):  # in a notebook: "running on the cluster"
+            try:
+                values = body.result(timeout=timeout)
+            except (TimeoutError, asyncio.TimeoutError) as error:
+                if body.status == "error":
+                    raise  # the block itself raised it
+                if body.status == "finished":
+                    # In time; fetching its values is what took too long (a builtin TimeoutError
+                    # on 3.10 too, where Dask raises asyncio's).
+                    raise TimeoutError(
+                        f"the block at {entry.block.label} finished, but its values did not "
+                        f"arrive within {timeout} s"
+                    ) from error
+                stop(body)
+                raise TimeoutError(
+                    f"the block at {entry.block.label} did not finish within {timeout} s "
+                    "(afar.get(timeout=...)); it was cancelled and stopped on the worker"
+                ) from None
+            except TypeError as error:
+                if body.status != "finished":
+                    raise  # the block itself raised TypeError
+                raise _not_picklable_back(body, entry.block.label, error) from error
+    except KeyboardInterrupt:
+        stop(body)
+        raise
+    return unless_timed_out(values)
+
+
+def stop(body: Future) -> None:
+    """Cancel a block: the worker stops it (afar's plugin sees it cancelled); drop its output."""
+    silence(body.client, body.key)
+    body.cancel()
+
+
+def unless_timed_out(values: Any) -> Any:
+    """The values of a finished afar.get block; a block stopped at its time limit raises."""
+    if isinstance(values, tuple) and values[:1] == (TIMED_OUT,):
+        raise TimeoutError(values[1])
+    return values
+
+
+# Seconds to find which saved value could not be sent back (one small task, failure path only).
+CULPRIT_TIMEOUT_SECONDS = 30
+
+
+def _not_picklable_back(body: Future, label: str, error: TypeError) -> BaseException:
+    """The block finished but its values could not be sent back: name the one that cannot."""
+    function, argument = culprits.task(body)
+    # Dask runs it where the body's result is (its only dependency): nothing is transferred.
+    culprit = body.client.submit(function, argument, pure=False)
+    try:
+        found = culprit.result(timeout=CULPRIT_TIMEOUT_SECONDS)
+    except Exception:
+        return error
+    if not found:
+        return error
+    name, kind, reason = found[0]
+    return NotPicklableError(
+        f"the block at {label} saved {name!r}, a {kind} that cannot be pickled to bring it back "
+        f"to the client ({reason}). Save something picklable made from it, or keep it on the "
+        "cluster with afar.run (it stays a Future there)"
+    )
+
+
+def _waiting_indicator(label: str) -> contextlib.AbstractContextManager[None]:
+    """In a Jupyter kernel, the cell shows while afar.get waits that the block runs remotely."""
+    if _ipython.shell() is None:
+        return contextlib.nullcontext()
+    from afar._ipython.cells import waiting_indicator
+
+    return waiting_indicator(label)
