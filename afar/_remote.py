@@ -150,7 +150,7 @@ def submit_block(
     packed: bytes,
     payload: bytes,
     futures: dict[str, Any],
-    stream: tuple[str, Any] | None,
+    stream: tuple[str, Any, bool] | None,
     strict: bool,
     options: Mapping[str, Any],
     key: str,

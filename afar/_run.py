@@ -19,7 +19,7 @@ import sys
 import types
 from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from afar import _ipython, _remote
 from afar._block import Block, block_for
@@ -225,7 +225,7 @@ class Run:
             and tb.tb_next is None
         ):
             # `remotely` written bare, never imported: afar recognises the name.
-            location = DEFAULT_LOCATIONS[exc.name]  # type: ignore[attr-defined]
+            location = DEFAULT_LOCATIONS[cast(str, exc.name)]
             if entry.location_call is not None:
                 return called_location(entry, location, exc)
             return location
@@ -317,7 +317,7 @@ class Get(Run):
             raise TypeError(f"timeout= must be a positive number of seconds, not {timeout!r}")
         self.timeout = timeout
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self,
         *names: str,
         client: Any = None,

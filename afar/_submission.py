@@ -68,7 +68,7 @@ class Results:
         entry, client = submission.entry, submission.client
         if self.single(entry, submission.location.timeout):
             # The user's own Future of the body, so that afar sees it dropped (below).
-            named = {entry.saved[0]: Future(body.key, client)}
+            named: dict[str, Future] = {entry.saved[0]: Future(body.key, client)}
         else:
             named = _remote.submit_getters(client, entry.block, body, entry.saved)
         bind_results(entry, named)
@@ -241,7 +241,7 @@ def _hold_while_wanted(
     for name, future in named.items():
         weakref.finalize(future, let_go, name)
         if future.key != body.key:
-            watcher = Future(future.key, client)
+            watcher: Future = Future(future.key, client)
             watchers.append(watcher)
             watcher.add_done_callback(watched(name))
 
@@ -269,9 +269,9 @@ def _track(
             pending.futures.discard(future)
         if router is not None:
             if future.status == "cancelled":
-                router.silence(future.key)  # stopped: late output is not shown
+                router.silence(str(future.key))  # stopped: late output is not shown
             else:
-                router.unregister(future.key)
+                router.unregister(str(future.key))
         if report and future.status == "error":
             text = _failure_text(future, input_futures)
             if sink is not None:

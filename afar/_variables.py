@@ -49,7 +49,7 @@ def read_variables(entry: Entry, data: Mapping[str, Any] | None) -> dict[str, An
             # A class body reads its enclosing function's variables through cells that its
             # f_locals (the class namespace) does not hold: the function's frame has them.
             enclosing = frame.f_back.f_locals
-    free = frame.f_code.co_freevars if enclosing else ()
+    free = frame.f_code.co_freevars if enclosing and frame is not None else ()
     values: dict[str, Any] = {}
     for name in (*analysis.reads, *analysis.seeds):
         if data is not None and name in data:

@@ -52,7 +52,7 @@ class Values(Results):
         try:
             results = await body
         except BaseException:
-            silence(submission.client, body.key)
+            silence(submission.client, str(body.key))
             cancelling = body.cancel()
             if inspect.isawaitable(cancelling):  # an asynchronous client's cancel
                 await cancelling
@@ -99,7 +99,7 @@ def wait_values(body: Future, entry: Entry, timeout: float | None) -> dict[str, 
 
 def stop(body: Future) -> None:
     """Cancel a block: the worker stops it (afar's plugin sees it cancelled); drop its output."""
-    silence(body.client, body.key)
+    silence(body.client, str(body.key))
     body.cancel()
 
 
