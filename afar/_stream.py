@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from afar._worker.output import (
+from afar._worker.protocol import (
     DISPLAY,
     DROPPED,
     LIMIT,

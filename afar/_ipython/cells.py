@@ -52,7 +52,7 @@ from typing import Any
 
 from afar._ipython import shell as running_shell
 from afar._stream import NOTICE_PREFIX, progress_text
-from afar._worker.output import STDERR, STDOUT
+from afar._worker.protocol import STDERR, STDOUT
 
 __all__ = ["CellSink", "sink_for_block", "waiting_indicator"]
 

@@ -1,42 +1,26 @@
 """Worker side of live output: per-thread capture of sys.stdout/sys.stderr, sent as Dask events.
 
 This module travels to the workers pickled by value (workers need not have afar installed), so it
-imports only the standard library and ``distributed``, imports no other afar module, and keeps
+imports only the standard library, ``distributed`` and modules shipped by value with it, and keeps
 nothing in module globals that must outlive one task: each task gets its own copy of them.
 
 How it works
 ------------
-Once per worker process, ``sys.stdout`` and ``sys.stderr`` are replaced by routers. A router looks
-up the writing thread in a table of active captures: a thread without a capture writes straight to
-the stream the router replaced; a thread inside ``capture_output`` writes there too (the worker's
-own streams keep showing everything) and its capture records the text. Captures batch text for at
-most ``BATCH_SECONDS`` or ``BATCH_MAX_CHARS`` characters, whichever comes first, and send each
-batch with ``Worker.log_event`` on the client's topic. Only writes through the ``sys.stdout`` and
-``sys.stderr`` objects made by the block's own thread are captured: threads the block starts, writes
-to ``sys.__stdout__``, to ``sys.stdout.buffer`` and to file descriptors 1 and 2 are not.
+The worker plugin's ``setup`` (``afar._worker.runtime.Runtime``) replaces ``sys.stdout`` and
+``sys.stderr`` by routers (``install_routers``; its ``teardown`` takes them out again). A router
+looks up the writing thread in a table of active captures: a thread without a capture writes
+straight to the stream the router replaced; a thread inside ``capture_output`` writes there too
+(the worker's own streams keep showing everything) and its forwarder records the text. What the
+text becomes as events (merging, batches of at most ``BATCH_SECONDS`` or ``BATCH_MAX_CHARS``
+characters, the budget, unfinished lines) is decided by the pure ``afar._worker.batching.Batcher``;
+the forwarder here adds the lock, the timer on the worker's event loop and ``Worker.log_event`` on
+the client's topic. Only writes through the ``sys.stdout`` and ``sys.stderr`` objects made by the
+block's own thread are captured: threads the block starts, writes to ``sys.__stdout__``, to
+``sys.stdout.buffer`` and to file descriptors 1 and 2 are not.
 
 Message layout
 --------------
-Every event is one msgpack-friendly dict::
-
-    {
-        "afar": PROTOCOL,         # layout version; clients ignore versions they do not know
-        "block": "afar-x.py:3-…", # task key of the block
-        "label": "x.py:3",        # human label, for notices
-        "attempt": "9f…",         # random token per run of the block: a new one means a restart
-        "worker": "tcp://…",      # address of the worker running this attempt
-        "seq": 0,                 # 0, 1, 2, … per attempt
-        "items": [[kind, data], …],
-    }
-
-Item kinds (``KINDS``): ``STDOUT`` and ``STDERR`` with a str (consecutive writes to one stream
-merged; at most ``BATCH_MAX_CHARS`` characters of text per event); ``DISPLAY`` with whatever the
-runner sends (e.g. a mimebundle dict); ``LIMIT`` with ``{"chars": limit}`` when the block's output
-reaches its limit; ``DROPPED`` with ``{"chars": n, "lines": n}`` when the block ends after output
-was dropped; ``PROGRESS`` with the counts of the block's Dask work (``afar._worker.progress``);
-``NOTICE`` with a line of afar's own for the client's stderr (a block being stopped), shown even
-for a block whose output the client no longer shows. ``Emitter.send`` may add other kinds;
-clients ignore kinds they do not know.
+See ``afar._worker.protocol``, which both sides import; its names are re-exported here.
 
 A block that writes nothing sends nothing, not even an end marker: the client learns that a block
 has ended from its Future, and Dask delivers a worker's events to the client before the result of
@@ -66,31 +50,28 @@ import logging
 import secrets
 import sys
 import threading
+import time
 import types
 from typing import Any
 
 from distributed import get_worker
 
-PROTOCOL = 1
-
-# Item kinds: the only place they are spelled out; the client side imports these.
-STDOUT = "stdout"
-STDERR = "stderr"
-DISPLAY = "display"
-LIMIT = "limit"
-DROPPED = "dropped"
-PROGRESS = "progress"
-NOTICE = "notice"
-KINDS = (STDOUT, STDERR, DISPLAY, LIMIT, DROPPED, PROGRESS, NOTICE)
-TEXT_KINDS = (STDOUT, STDERR)
-
-# Latency of live output: a line reaches the client within about this long.
-BATCH_SECONDS = 0.05
-# Upper bound on the text in one event, so that a flood becomes a few large events, and the
-# scheduler's per-topic event log (a bounded number of events) stays bounded in bytes.
-BATCH_MAX_CHARS = 32_768
-# Text one attempt of a block may send in total (about 4 MB of ASCII).
-MAX_BLOCK_CHARS = 4_000_000
+from afar._worker.batching import Batcher
+from afar._worker.protocol import (  # noqa: F401 (re-exported: tests and older imports)
+    BATCH_MAX_CHARS,
+    BATCH_SECONDS,
+    DISPLAY,
+    DROPPED,
+    KINDS,
+    LIMIT,
+    MAX_BLOCK_CHARS,
+    NOTICE,
+    PROGRESS,
+    PROTOCOL,
+    STDERR,
+    STDOUT,
+    TEXT_KINDS,
+)
 
 # Per-process state lives in a module object in sys.modules, not in this module's globals, which
 # are fresh for every task. Its name and its `lock` attribute are shared by all versions of this
@@ -98,7 +79,7 @@ MAX_BLOCK_CHARS = 4_000_000
 # stack (each forwards to the stream it replaced). Bump _ROUTER_VERSION whenever `_Router` or the
 # capture methods it calls (`record`, `teeing`) change.
 _ROOT_NAME = "_afar_output"
-_ROUTER_VERSION = 2
+_ROUTER_VERSION = 3
 _STATE_ATTR = f"v{_ROUTER_VERSION}"
 # Attribute every afar router of any version has: the stream it replaced. Installation follows it
 # to tell whether its router is still in the chain below a router of another version.
@@ -109,6 +90,7 @@ _MAX_CHAIN = 64
 _logger = logging.getLogger("afar.output")
 
 _get_ident = threading.get_ident
+_now = time.monotonic
 
 
 class Emitter:
@@ -192,7 +174,7 @@ def capture_output(
         # loop writes, and the batching timer would run on the thread being captured.
         return _NULL_CONTEXT
     unechoed = shared_streams(client_streams) if client_streams else frozenset()
-    return _Capture(worker, topic, block, label, max_chars, unechoed)
+    return _Forwarder(worker, topic, block, label, max_chars, unechoed)
 
 
 def stream_identity() -> tuple[Any, ...]:
@@ -225,26 +207,19 @@ def _file_identity(descriptor: int) -> list[int] | None:
     return [status.st_dev, status.st_ino]
 
 
-class _Capture(Emitter):
-    """Output of one block's thread on the way to the client: a batch, a timer, a budget."""
+class _Forwarder(Emitter):
+    """One block thread's output on its way to the client: a ``Batcher`` behind a lock, a timer
+    on the worker's event loop, and ``Worker.log_event``; stops forwarding if sending fails."""
 
     __slots__ = (
-        "_accepted",
+        "_batcher",
         "_block",
         "_broken",
         "_closed",
-        "_dropped_chars",
-        "_dropped_lines",
         "_header",
-        "_held",
         "_ident",
         "_label",
-        "_last",
-        "_limited",
         "_lock",
-        "_max_chars",
-        "_pending",
-        "_pending_chars",
         "_previous",
         "_seq",
         "_state",
@@ -270,19 +245,11 @@ class _Capture(Emitter):
         self._topic = topic
         self._block = block
         self._label = label
-        self._max_chars = max_chars
         self._lock = threading.Lock()
-        self._pending: list[list[Any]] = []  # [kind, data]; text data is a list of parts
-        self._last: list[Any] | None = None  # last pending text item, to merge writes into
-        self._pending_chars = 0
-        self._accepted = 0
-        self._limited = False
-        self._dropped_chars = 0
-        self._dropped_lines = 0
+        self._batcher = Batcher(max_chars)
         self._header: dict[str, Any] | None = None
         self._seq = 0
         self._timer_armed = False
-        self._held = False  # the last timer held back an unfinished line
         self._closed = False
         self._broken = False
         # Set by a router while it writes to the stream it replaced, so that a router of this
@@ -290,7 +257,7 @@ class _Capture(Emitter):
         # install another in front) does not record the same text twice.
         self.teeing = False
 
-    def __enter__(self) -> _Capture:
+    def __enter__(self) -> _Forwarder:
         self._state = state = _router_state()
         self._ident = ident = _get_ident()
         # A block inside a block in the same thread: the inner one captures until it ends.
@@ -306,13 +273,10 @@ class _Capture(Emitter):
             captures[self._ident] = self._previous
         with self._lock:
             self._closed = True
-            if self._dropped_chars:
-                self._pending.append(
-                    [DROPPED, {"chars": self._dropped_chars, "lines": self._dropped_lines}]
-                )
-            if self._pending and not self._broken:
+            events = self._batcher.close()
+            if events and not self._broken:
                 try:
-                    self._flush_locked(from_loop=False)
+                    self._send_locked(events, from_loop=False)
                 except Exception:
                     # Never replace the block's own outcome with a failure to report its output.
                     self._break_locked()
@@ -324,16 +288,11 @@ class _Capture(Emitter):
         with self._lock:
             if self._closed:
                 return
-            size = len(text)
-            if self._accepted + size > self._max_chars:
-                self._overflow_locked(stream, text)
-                return
-            self._accepted += size
-            self._append_locked(stream, text)
             try:
-                if self._pending_chars >= BATCH_MAX_CHARS:
-                    self._flush_locked(from_loop=False, keep_tail=True)
-                elif not self._timer_armed:
+                events = self._batcher.write(stream, text, _now())
+                if events:
+                    self._send_locked(events, from_loop=False)
+                if self._batcher.deadline is not None and not self._timer_armed:
                     self._timer_armed = True
                     # call_later must run on the loop; add_callback is the thread-safe way there.
                     self._worker.loop.add_callback(self._arm_timer)
@@ -351,11 +310,12 @@ class _Capture(Emitter):
             worker = self._worker
             from_loop = worker.thread_id == _get_ident()
             try:
-                if self._pending:
-                    self._flush_locked(from_loop=from_loop)
+                events = self._batcher.take()
+                if events:
+                    self._send_locked(events, from_loop=from_loop)
                 message = self._message([[kind, payload]])
                 if from_loop:
-                    # Queued behind the batches the block's thread has queued (see _flush_locked).
+                    # Queued behind the batches the block's thread has queued (see _send_locked).
                     worker.loop.add_callback(worker.log_event, self._topic, message)
                 else:
                     # From a task thread, log_event checks that the payload serialises before
@@ -381,97 +341,36 @@ class _Capture(Emitter):
             try:
                 if not self._closed:
                     self._closed = True
-                    if keep and self._pending:
-                        self._flush_locked(from_loop=False)
-                    self._pending, self._last, self._pending_chars = [], None, 0
-                    self._dropped_chars = 0
+                    events = self._batcher.stop(keep=keep)
+                    if events:
+                        self._send_locked(events, from_loop=False)
                 if notice is not None:
                     self._worker.log_event(self._topic, self._message([[NOTICE, notice]]))
                     self._seq += 1
             except Exception:
                 self._break_locked()
 
-    def _append_locked(self, stream: str, text: str) -> None:
-        last = self._last
-        if last is not None and last[0] == stream:
-            last[1].append(text)
-        else:
-            self._last = last = [stream, [text]]
-            self._pending.append(last)
-        self._pending_chars += len(text)
-
-    def _overflow_locked(self, stream: str, text: str) -> None:
-        if not self._limited:
-            self._limited = True
-            room = self._max_chars - self._accepted
-            if room > 0:
-                self._append_locked(stream, text[:room])
-                self._accepted += room
-                text = text[room:]
-            self._pending.append([LIMIT, {"chars": self._max_chars}])
-            self._last = None
-            try:
-                self._flush_locked(from_loop=False)
-            except Exception:
-                self._break_locked()
-        self._dropped_chars += len(text)
-        self._dropped_lines += text.count("\n")
-
     def _arm_timer(self) -> None:
-        self._worker.loop.call_later(BATCH_SECONDS, self._on_timer)
+        deadline = self._batcher.deadline
+        delay = BATCH_SECONDS if deadline is None else max(0.0, deadline - _now())
+        self._worker.loop.call_later(delay, self._on_timer)
 
     def _on_timer(self) -> None:
         with self._lock:
             self._timer_armed = False
-            if self._pending and not self._broken:
-                try:
-                    tail = self._unfinished_line_locked()
-                    if self._pending:
-                        self._flush_locked(from_loop=True)
-                    if tail is not None:
-                        self._append_locked(*tail)
-                        self._timer_armed = True
-                        self._arm_timer()  # on the loop already
-                except Exception:
-                    self._break_locked()
+            if self._broken:
+                return
+            try:
+                events = self._batcher.tick(_now())
+                if events:
+                    self._send_locked(events, from_loop=True)
+                if self._batcher.deadline is not None and not self._closed:
+                    self._timer_armed = True
+                    self._arm_timer()  # on the loop already
+            except Exception:
+                self._break_locked()
 
-    def _unfinished_line_locked(self) -> tuple[str, str] | None:
-        """Take the batch's unfinished last line out of it, to send at the next tick.
-
-        print() writes its text and then its newline: a batch cut between the two would split
-        the line, and a console that shows several blocks (the client's default sink) could put
-        another block's text in the middle of it. A line is held back for one tick only: one
-        still unfinished then (a progress indicator) is sent as it is.
-        """
-        texts = [data for kind, data in self._pending if kind in TEXT_KINDS]
-        if self._held and not any("\n" in part for parts in texts for part in parts):
-            self._held = False  # the line held back last time is still unfinished: send it
-            return None
-        last = self._pending[-1]
-        if last[0] not in TEXT_KINDS:
-            self._held = False
-            return None
-        text = "".join(last[1])
-        head, newline, tail = text.rpartition("\n")
-        self._held = bool(tail)
-        if not tail:
-            return None
-        if newline:
-            last[1] = [head + newline]
-        else:
-            self._pending.pop()
-            if not self._pending:
-                self._pending, self._last, self._pending_chars = [], None, 0
-        return last[0], tail
-
-    def _flush_locked(self, *, from_loop: bool, keep_tail: bool = False) -> None:
-        pending, self._pending, self._last, self._pending_chars = self._pending, [], None, 0
-        events = _split(pending)
-        if keep_tail and events and _is_partial_text(events[-1]):
-            # Flushed because the batch is full: send full events only, and let the rest wait
-            # for more text or the timer, instead of sending a sliver of a line on its own.
-            for stream, text in events.pop():
-                self._append_locked(stream, text)
+    def _send_locked(self, events: list[list[list[Any]]], *, from_loop: bool) -> None:
         worker, topic = self._worker, self._topic
         for items in events:
             message = self._message(items)
@@ -500,51 +399,9 @@ class _Capture(Emitter):
 
     def _break_locked(self) -> None:
         self._broken = True
-        self._pending, self._last, self._pending_chars = [], None, 0
+        self._batcher.stop(keep=False)
         # Logged after _broken is set: this record may come back through the router.
         _logger.warning("afar: stopped forwarding the output of %s", self._label, exc_info=True)
-
-
-def _split(pending: list[list[Any]]) -> list[list[list[Any]]]:
-    """Group pending items into events holding at most BATCH_MAX_CHARS characters of text."""
-    events: list[list[list[Any]]] = []
-    items: list[list[Any]] = []
-    room = BATCH_MAX_CHARS
-    for kind, data in pending:
-        if kind in TEXT_KINDS:
-            text = _sendable("".join(data))
-            while len(text) > room:
-                if room:
-                    items.append([kind, text[:room]])
-                    text = text[room:]
-                events.append(items)
-                items, room = [], BATCH_MAX_CHARS
-            if text:
-                items.append([kind, text])
-                room -= len(text)
-        else:
-            items.append([kind, data])
-    if items:
-        events.append(items)
-    return events
-
-
-def _is_partial_text(items: list[list[Any]]) -> bool:
-    """Whether an event holds only text, less than BATCH_MAX_CHARS characters of it."""
-    return all(kind in TEXT_KINDS for kind, _ in items) and (
-        sum(len(text) for _, text in items) < BATCH_MAX_CHARS
-    )
-
-
-def _sendable(text: str) -> str:
-    """Text msgpack can encode: lone surrogates (from surrogateescape'd bytes) become escapes."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
 
 
 class _Router:
@@ -603,14 +460,55 @@ def _write(stream: Any, text: str) -> int:
     return len(text)
 
 
-def _router_state() -> Any:
-    """Install this version's routers (once per process, again if replaced) and return its state."""
+def install_routers() -> None:
+    """Put this version's routers in front of sys.stdout and sys.stderr, until ``remove_routers``.
+
+    Called by the worker plugin's ``setup`` (``afar._worker.runtime.Runtime``); each call needs
+    one ``remove_routers``. Idempotent across calls and versions: a router already in place stays.
+    """
+    state = _router_state()
+    with _root().lock:
+        state.installs += 1
+
+
+def remove_routers() -> None:
+    """Undo one ``install_routers``; the last one takes this version's routers out of the streams.
+
+    Routers stay while a block still captures. A router below a router of another version is
+    unlinked from under it; one below a stream of someone else's stays (it only forwards).
+    """
+    root = sys.modules.get(_ROOT_NAME)
+    state = getattr(root, _STATE_ATTR, None)
+    if root is None or state is None:
+        return
+    with root.lock:
+        state.installs = max(0, state.installs - 1)
+        if state.installs or state.captures:
+            return
+        for name in TEXT_KINDS:
+            router = getattr(state, name)
+            if router is not None and _unlink(name, router):
+                setattr(state, name, None)
+
+
+def _root() -> Any:
     root = sys.modules.get(_ROOT_NAME)
     if root is None:
         fresh = types.ModuleType(_ROOT_NAME, "afar: per-process output routing state")
         fresh.lock = threading.Lock()  # type: ignore[attr-defined]
         # setdefault is atomic: of two threads racing here, both get the same module.
         root = sys.modules.setdefault(_ROOT_NAME, fresh)
+    return root
+
+
+def _router_state() -> Any:
+    """This version's routing state, its routers put back in front if something replaced them.
+
+    The worker plugin installs the routers (``install_routers``); a capture checks they are still
+    in place (one lookup each), and installs them where no plugin did (``capture_output`` in a
+    task of its own, on a worker without afar's plugin).
+    """
+    root = _root()
     state = getattr(root, _STATE_ATTR, None)
     if (
         state is not None
@@ -621,7 +519,7 @@ def _router_state() -> Any:
     with root.lock:
         state = getattr(root, _STATE_ATTR, None)
         if state is None:
-            state = types.SimpleNamespace(captures={}, stdout=None, stderr=None)
+            state = types.SimpleNamespace(captures={}, stdout=None, stderr=None, installs=0)
             setattr(root, _STATE_ATTR, state)
         for name in TEXT_KINDS:
             current = getattr(sys, name)
@@ -632,6 +530,24 @@ def _router_state() -> Any:
                 setattr(state, name, router)
                 setattr(sys, name, router)
         return state
+
+
+def _unlink(name: str, router: Any) -> bool:
+    """Take ``router`` out of ``sys.<name>``'s chain of afar routers; False: not found there."""
+    inner = router.__dict__.get(_INNER_ATTR)
+    stream = getattr(sys, name)
+    if stream is router:
+        setattr(sys, name, inner)
+        return True
+    for _ in range(_MAX_CHAIN):
+        below = getattr(stream, "__dict__", {}).get(_INNER_ATTR)
+        if below is None:
+            return False
+        if below is router:
+            setattr(stream, _INNER_ATTR, inner)
+            return True
+        stream = below
+    return False
 
 
 def _in_chain(stream: Any, router: Any) -> bool:

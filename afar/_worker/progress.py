@@ -34,7 +34,8 @@ from typing import Any
 from distributed import get_worker
 from distributed.diagnostics.progressbar import ProgressBar
 
-from afar._worker.output import PROGRESS, Emitter
+from afar._worker.output import Emitter
+from afar._worker.protocol import PROGRESS
 
 # The first look comes this long after the block started: quick blocks cost one timer.
 START_SECONDS = 0.5

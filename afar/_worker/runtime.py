@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from afar._worker.importer import use_modules
-from afar._worker.output import DISPLAY, capture_output
+from afar._worker.output import DISPLAY, capture_output, install_routers, remove_routers
 from afar._worker.progress import watch_progress
 
 # Names no identifier can spell, so they never collide with the user's (pytest does the same).
@@ -95,6 +95,11 @@ class Runtime(WorkerPlugin):
         for function in self.functions.values():
             function.__code__ = function.__code__.replace(co_filename=RUNTIME_FILENAME)
         sys.__dict__.setdefault(SHIPPED_ATTRIBUTE, {}).update(self.functions)
+        # Blocks' prints reach their clients through routers in front of sys.stdout/stderr.
+        install_routers()
+
+    def teardown(self, worker: Any) -> None:
+        remove_routers()
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
         """Stop a running block as soon as Dask no longer wants it (cancelled or released)."""

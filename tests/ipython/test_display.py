@@ -21,7 +21,7 @@ from afar._ipython.cells import (
     render,
     waiting_indicator,
 )
-from afar._worker.output import STDERR, STDOUT
+from afar._worker.protocol import STDERR, STDOUT
 
 # Longest wait for something a timer thread does.
 EVENT_TIMEOUT_SECONDS = 10

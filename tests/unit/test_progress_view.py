@@ -11,7 +11,7 @@ import pytest
 import afar
 from afar._ipython.cells import _shown_line, _shown_text
 from afar._stream import DefaultSink, OutputRouter, progress_text
-from afar._worker.output import PROGRESS, PROTOCOL, STDERR, STDOUT
+from afar._worker.protocol import PROGRESS, PROTOCOL, STDERR, STDOUT
 
 LABEL = "script.py:12"
 
