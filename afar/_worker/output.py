@@ -482,7 +482,9 @@ def remove_routers() -> None:
     if root is None or state is None:
         return
     with root.lock:
-        state.installs = max(0, state.installs - 1)
+        if not state.installs:
+            return  # not installed by install_routers: a capture's own (see _router_state)
+        state.installs -= 1
         if state.installs or state.captures:
             return
         for name in TEXT_KINDS:

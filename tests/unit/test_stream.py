@@ -19,7 +19,16 @@ from afar._stream import (
     router_for,
     topic_for,
 )
-from afar._worker.protocol import DISPLAY, DROPPED, LIMIT, NOTICE, PROGRESS, PROTOCOL, STDERR, STDOUT
+from afar._worker.protocol import (
+    DISPLAY,
+    DROPPED,
+    LIMIT,
+    NOTICE,
+    PROGRESS,
+    PROTOCOL,
+    STDERR,
+    STDOUT,
+)
 
 LABEL = "script.py:12"
 WORKER = "tcp://127.0.0.1:4321"
