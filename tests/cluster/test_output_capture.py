@@ -515,6 +515,32 @@ def test_two_router_versions_share_a_worker(client: Client) -> None:
     assert len(set(depths[1:])) == 1
 
 
+def worker_streams() -> list[str]:
+    return [repr(sys.stdout), repr(sys.stderr)]
+
+
+def test_the_worker_plugin_installs_the_routers_and_its_teardown_keeps_others(
+    client: Client,
+) -> None:
+    from afar._shipping import ensure_runtime
+    from afar._worker.runtime import Runtime
+
+    ensure_runtime(client)  # afar's own plugin, as a client's first block registers it
+    name = f"afar-test-{uuid.uuid4().hex}"
+    client.register_plugin(Runtime({}), name=name)
+    try:
+        for streams in client.run(ByValue(worker_streams)).values():
+            assert all("afar output router" in stream for stream in streams)
+    finally:
+        client.unregister_worker_plugin(name)
+    # afar's own plugin is still registered: its routers stay and keep forwarding.
+    for streams in client.run(ByValue(worker_streams)).values():
+        assert all("afar output router" in stream for stream in streams)
+    block = Block(client, write_lines, [(STDOUT, "still forwarded")])
+    block.result()
+    assert block.sink.text(STDOUT) == "still forwarded\n"
+
+
 def test_a_wrapper_in_front_of_the_router_does_not_double_output(client: Client) -> None:
     block = Block(client, under_a_wrapper)
     assert block.result() == "once\n"
