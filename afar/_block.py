@@ -12,14 +12,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from afar import _cpython
-from afar._analysis.names import (
-    WRAPPER_NAME,
-    Analysis,
-    analyse,
-    share_module_globals,
-    wrapped_text,
-)
+from afar._analysis.names import Analysis
 from afar._analysis.source import Site, first_line, site_for
+from afar._analysis.wrapping import wrap
 from afar._worker.runtime import BlockCode
 from afar.errors import BlockSyntaxError
 
@@ -123,12 +118,8 @@ def block_for_source(source: str, filename: str) -> Block:
         body_last_line=last.end_lineno or last.lineno,
         future_features=(),
     )
-    # For symtable only: the cell as the body of a function, one line lower.
-    indented = "".join("    " + line if line.strip() else line for line in lines)
-    text = f"def {WRAPPER_NAME}():\n{indented}\n"
-    analysis = analyse(site, text, line_offset=-1)
-    shipped = share_module_globals(site, source, analysis.assigned)  # a cell is module level
-    block = Block(site=site, analysis=analysis, text=shipped, wrapped=False)
+    wrapped = wrap(site, module_level=True, cell=True)  # a cell runs at module level
+    block = Block(site=site, analysis=wrapped.analysis, text=wrapped.text, wrapped=False)
     with _blocks_lock:
         _cells[(filename, source)] = block
         while len(_cells) > BLOCK_CACHE_SIZE:
@@ -152,11 +143,9 @@ def block_for(frame: types.FrameType) -> Block:
             _blocks.move_to_end(location)
             return block
     site = site_for(frame)
-    text = wrapped_text(site)
-    analysis = analyse(site, text)
-    if frame.f_locals is frame.f_globals:  # module level (a script, a notebook cell)
-        text = share_module_globals(site, text, analysis.assigned)
-    block = Block(site=site, analysis=analysis, text=text)
+    # Module level: a script, a notebook cell.
+    wrapped = wrap(site, module_level=frame.f_locals is frame.f_globals)
+    block = Block(site=site, analysis=wrapped.analysis, text=wrapped.text)
     with _blocks_lock:
         _blocks[location] = block
         while len(_blocks) > BLOCK_CACHE_SIZE:

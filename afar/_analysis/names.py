@@ -1,4 +1,11 @@
-"""What a block's body does with names: reads from outside, assigns, saves, displays."""
+"""What a block's body does with names: reads from outside, assigns, saves, displays.
+
+Which names the block's scope binds, and which it reads from outside, is symtable's answer for
+the body wrapped in a function (``afar._analysis.wrapping``): the compiler's own rules, not a
+copy of them. Where the order of statements matters (a name read before it is assigned is
+seeded from outside; the last name bound is saved by default) the syntax tree is walked, and
+every such question about what a node binds is answered by ``afar._analysis.bindings``.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +13,23 @@ import ast
 import symtable
 from dataclasses import dataclass
 
+from afar._analysis.bindings import (
+    COMPREHENSION,
+    DEFINITION,
+    DELETE,
+    IMPORT,
+    PATTERN,
+    STORE,
+    bindings,
+    bound_names,
+    scope_nodes,
+)
 from afar._analysis.source import Site
 from afar.errors import BlockSyntaxError
 
-# The name of the function a body is wrapped in for analysis and on the worker (text form).
-WRAPPER_NAME = "_afar_block_"
 _NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
-_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 # ``try: ... except* ...`` (Python 3.11+) has the fields of ``try``.
 _TRY_STAR = (ast.TryStar,) if hasattr(ast, "TryStar") else ()
-_NAMED_BINDINGS = (
-    ast.FunctionDef,
-    ast.AsyncFunctionDef,
-    ast.ClassDef,
-    ast.ExceptHandler,
-    ast.MatchAs,
-    ast.MatchStar,
-)
 
 
 @dataclass(frozen=True)
@@ -35,13 +42,6 @@ class Analysis:
     last_bound: str | None  # the name saved when none is given
     final_expression: bool  # the last statement is an expression without a trailing ";"
     waits_on_dask: bool = False  # may wait for other tasks of its cluster (see below)
-
-
-def wrapped_text(site: Site) -> str:
-    """The body as the body of ``def``, every line at its original number."""
-    start = site.body_first_line
-    head = "\n" * (start - 2) + f"def {WRAPPER_NAME}():\n"
-    return head + "".join(site.lines[start - 1 : site.body_last_line])
 
 
 def analyse(site: Site, text: str, line_offset: int = 0) -> Analysis:
@@ -135,7 +135,7 @@ def _function_table(site: Site, text: str, line_offset: int) -> symtable.SymbolT
             )
         lineno = error.lineno + line_offset if error.lineno else None
         raise BlockSyntaxError(message, site.filename, lineno) from None
-    (table,) = (t for t in module.get_children() if t.get_name() == WRAPPER_NAME)
+    (table,) = module.get_children()  # the function the body is wrapped in
     return table
 
 
@@ -150,33 +150,15 @@ def _descendants(table: symtable.SymbolTable) -> list[symtable.SymbolTable]:
 
 
 def _line_of_declaration(site: Site, name: str, kind: type[ast.stmt]) -> int:
-    for node in _top_level_nodes(site.body):
+    for node in scope_nodes(site.body):
         if isinstance(node, kind) and name in node.names:  # type: ignore[attr-defined]
             return node.lineno
     return site.node.lineno
 
 
-def _top_level_nodes(body: list[ast.stmt]):
-    """Every node of the body that runs in the block's own scope (not in nested functions)."""
-    stack: list[ast.AST] = list(reversed(body))
-    while stack:
-        node = stack.pop()
-        yield node
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            children: list[ast.AST] = [*node.decorator_list, *node.args.defaults]
-            children += [d for d in node.args.kw_defaults if d is not None]
-        elif isinstance(node, ast.Lambda):
-            children = [*node.args.defaults, *(d for d in node.args.kw_defaults if d)]
-        elif isinstance(node, ast.ClassDef):
-            children = [*node.decorator_list, *node.bases, *node.keywords]
-        else:
-            children = list(ast.iter_child_nodes(node))
-        stack.extend(reversed(children))
-
-
 def check_top_level(site: Site) -> None:
     """Refuse what a block cannot do at its top level: leave the caller, await, break out."""
-    for node in _top_level_nodes(site.body):
+    for node in scope_nodes(site.body):
         problem = None
         if isinstance(node, ast.Return):
             problem = "`return` cannot leave the caller from inside an afar block"
@@ -261,7 +243,8 @@ def _flow(
             definite |= after_body & after_else
         elif isinstance(statement, ast.For):
             read(statement.iter, statement.target)
-            _flow(statement.body, definite | _stored_names(statement.target), assigned, early)
+            loop_bound = definite | bound_names([statement.target], STORE)
+            _flow(statement.body, loop_bound, assigned, early)
             _flow(statement.orelse, definite, assigned, early)  # the loop may not run
         elif isinstance(statement, ast.While):
             read(statement.test)
@@ -271,7 +254,7 @@ def _flow(
             for item in statement.items:
                 read(item.context_expr, item.optional_vars)
                 if item.optional_vars is not None:
-                    definite |= _stored_names(item.optional_vars)
+                    definite |= bound_names([item.optional_vars], STORE)
             # The context manager may swallow an exception: the body's names stay uncertain.
             _flow(statement.body, definite, assigned, early)
         elif isinstance(statement, (ast.Try, *_TRY_STAR)):
@@ -287,7 +270,7 @@ def _flow(
             for case in statement.cases:
                 read(case.pattern)
                 guard = [ast.Expr(case.guard)] if case.guard is not None else []
-                bound = definite | _pattern_names(case.pattern)
+                bound = definite | bound_names([case.pattern], PATTERN)
                 _flow([*guard, *case.body], bound, assigned, early)
         else:
             read(statement)
@@ -298,32 +281,22 @@ def _flow(
 def _bound_after(statement: ast.stmt, definite: set[str]) -> set[str]:
     """``definite`` updated by a simple statement (or a def or class)."""
     if isinstance(statement, ast.Delete):
-        return definite - {t.id for t in statement.targets if isinstance(t, ast.Name)}
+        return definite - bound_names(statement.targets, DELETE)
     if isinstance(statement, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and (
         not isinstance(statement, ast.AnnAssign) or statement.value is not None
     ):
         targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
-        return definite.union(*(_stored_names(target) for target in targets))
+        return definite | bound_names(targets, STORE)
     if isinstance(statement, (ast.Import, ast.ImportFrom)):
-        return definite | {_imported_name(alias) for alias in statement.names}
+        return definite | bound_names([statement])
     if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return definite | {statement.name}
+        return definite | {statement.name}  # not what its decorators may bind: they may not
     return definite
-
-
-def _pattern_names(pattern: ast.pattern) -> set[str]:
-    names = set()
-    for node in ast.walk(pattern):
-        if isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
-            names.add(node.name)
-        elif isinstance(node, ast.MatchMapping) and node.rest:
-            names.add(node.rest)
-    return names
 
 
 def _names_read(statement: ast.stmt) -> set[str]:
     names = set()
-    for node in _top_level_nodes([statement]):
+    for node in scope_nodes([statement]):
         if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Load, ast.Del)):
             names.add(node.id)  # `del x` needs a value of x, as reading it does
         elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
@@ -331,155 +304,24 @@ def _names_read(statement: ast.stmt) -> set[str]:
     return names
 
 
-def _stored_names(target: ast.AST) -> set[str]:
-    return {
-        n.id for n in ast.walk(target) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
-    }
-
-
-def _imported_name(alias: ast.alias) -> str:
-    return alias.asname or alias.name.partition(".")[0]
-
-
 def comprehension_variables(body: list[ast.stmt]) -> set[str]:
     """Names the block binds only as comprehension variables (``i`` of ``[i for i in r]``)."""
-    targets: set[int] = set()
-    for node in _top_level_nodes(body):
-        if isinstance(node, ast.comprehension):
-            targets.update(id(n) for n in ast.walk(node.target))
     only: set[str] = set()
     elsewhere: set[str] = set()
-    for node in _top_level_nodes(body):
-        if id(node) in targets:
-            only.update([node.id] if isinstance(node, ast.Name) else [])
-        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-            elsewhere.add(node.id)  # walrus in a comprehension, del, any other target
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            elsewhere.update(_imported_name(alias) for alias in node.names)
-        elif isinstance(node, _NAMED_BINDINGS) and node.name:  # def, class, except/case ... as
-            elsewhere.add(node.name)
-        elif isinstance(node, ast.MatchMapping) and node.rest:
-            elsewhere.add(node.rest)
+    for binding in bindings(body):
+        (only if binding.kind == COMPREHENSION else elsewhere).add(binding.name)
     return only - elsewhere
 
 
-def share_module_globals(site: Site, text: str, assigned: frozenset[str]) -> str:
-    """``text`` where nested functions' ``global n`` becomes ``nonlocal n`` if the block assigns n.
-
-    For a block at module level only: there, the block's own ``count = 0`` and a nested
-    function's ``global count`` are one variable, the module's. In the block's function they
-    would be two (issue 2: the block behaves as if it ran in place); ``nonlocal`` makes them
-    one again, and the saved value comes back as any other. Lines keep their numbers.
-    """
-    lines = text.splitlines(keepends=True)
-    for declaration, names in _shared_globals(site.body, assigned, frozenset()):
-        if declaration.end_lineno != declaration.lineno or declaration.end_col_offset is None:
-            continue  # a declaration continued over lines: left as it is
-        shared = [n for n in declaration.names if n in names]
-        kept = [n for n in declaration.names if n not in names]
-        statement = f"nonlocal {', '.join(shared)}" + (
-            f"; global {', '.join(kept)}" if kept else ""
-        )
-        line = lines[declaration.lineno - 1].encode()
-        start, end = declaration.col_offset, declaration.end_col_offset
-        lines[declaration.lineno - 1] = (line[:start] + statement.encode() + line[end:]).decode()
-    return "".join(lines)
-
-
-def _shared_globals(
-    body: list[ast.stmt], assigned: frozenset[str], shadowed: frozenset[str]
-) -> list[tuple[ast.Global, set[str]]]:
-    """``global`` declarations of nested scopes that name a variable of the block itself."""
-    found = []
-    for node in _top_level_nodes(body):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            continue
-        for inner in _top_level_nodes(node.body):
-            if isinstance(inner, ast.Global):
-                names = (set(inner.names) & assigned) - shadowed
-                if names:
-                    found.append((inner, names))
-        # A function's own variables hide the block's from the functions nested in it; a class
-        # body's do not (class scopes are skipped by name resolution).
-        own = _own_bindings(node) if not isinstance(node, ast.ClassDef) else set()
-        found += _shared_globals(node.body, assigned, shadowed | own)
-    return found
-
-
-def _own_bindings(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
-    arguments = function.args
-    parameters = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
-    parameters += [a for a in (arguments.vararg, arguments.kwarg) if a is not None]
-    names = {a.arg for a in parameters}
-    declared: set[str] = set()
-    for node in _top_level_nodes(function.body):
-        if isinstance(node, (ast.Global, ast.Nonlocal)):
-            declared.update(node.names)
-        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-            names.add(node.id)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names.update(_imported_name(alias) for alias in node.names)
-        elif isinstance(node, _NAMED_BINDINGS) and node.name:
-            names.add(node.name)
-        elif isinstance(node, ast.MatchMapping) and node.rest:
-            names.add(node.rest)
-    return names - declared
-
-
 def last_bound_name(body: list[ast.stmt]) -> str | None:
-    """The last name that the block's own statements bind, in source order."""
-    bound: list[tuple[int, int, str]] = []
+    """The last name that the block's own statements bind, in source order.
 
-    def add(node: ast.AST, name: str) -> None:
-        bound.append((node.lineno, node.col_offset, name))  # type: ignore[attr-defined]
-
-    nodes = list(_binding_nodes(body))
-    # `x: int` without a value annotates x but binds nothing.
-    annotated_only = {
-        id(n.target) for n in nodes if isinstance(n, ast.AnnAssign) and n.value is None
-    }
-    for node in nodes:
-        if id(node) in annotated_only:
-            continue
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            add(node, node.id)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            for alias in node.names:
-                add(alias if hasattr(alias, "lineno") else node, _imported_name(alias))
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            add(node, node.name)
-        elif isinstance(node, ast.MatchAs | ast.MatchStar | ast.MatchMapping):
-            # The name ends the pattern (`[a] as whole`, `{"k": a, **rest}`): the pattern's
-            # start would put it before the names inside.
-            name = node.rest if isinstance(node, ast.MatchMapping) else node.name
-            if name:
-                bound.append((node.end_lineno, node.end_col_offset, name))  # type: ignore[arg-type]
-    if not bound:
-        return None
-    return max(bound)[2]
-
-
-def _binding_nodes(body: list[ast.stmt]):
-    """Nodes of the block's own scope outside comprehensions (``except ... as`` names are str)."""
-    inside = _inside_comprehension(body)
-    for node in _top_level_nodes(body):
-        if id(node) not in inside:
-            yield node
-
-
-def _inside_comprehension(body: list[ast.stmt]) -> set[int]:
-    """Nodes that bind in a comprehension's own scope; ``:=`` targets bind in the block's."""
-    inside: set[int] = set()
-    for node in _top_level_nodes(body):
-        if isinstance(node, _COMPREHENSIONS):
-            inside.update(id(n) for n in ast.walk(node))
-    # PEP 572: the target of `:=` in a comprehension binds in the enclosing scope, the block's
-    # (`any((hit := v) > 1 for v in values)` binds `hit`), unless a function or class nested
-    # in the comprehension holds it: _top_level_nodes does not enter those.
-    for node in _top_level_nodes(body):
-        if isinstance(node, ast.NamedExpr) and id(node) in inside:
-            inside.discard(id(node.target))
-    return inside
+    ``x: int`` binds nothing; ``del x`` unbinds; an ``except ... as`` name is unbound at the
+    handler's end; a comprehension's variables are its own.
+    """
+    kinds = (STORE, IMPORT, DEFINITION, PATTERN)
+    bound = [(b.position, b.name) for b in bindings(body) if b.kind in kinds]
+    return max(bound)[1] if bound else None
 
 
 def has_final_expression(site: Site) -> bool:

@@ -10,7 +10,7 @@ import traceback
 import pytest
 from unit_helpers import analysis_of, blocks_of, fake_filename, site_from_source
 
-from afar._analysis.names import wrapped_text
+from afar._analysis.wrapping import wrapped_text
 from afar._worker import runtime as _worker
 
 RAISING = """\

@@ -8,10 +8,19 @@ import types
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from unit_helpers import analysis_of, blocks_of, captured, exec_registered
+from unit_helpers import (
+    LATER_HEADER,
+    analysis_of,
+    blocks_of,
+    captured,
+    exec_registered,
+    site_from_source,
+    with_block,
+)
 
 import afar
 from afar import _variables
+from afar._analysis.bindings import bound_names
 
 # (body, names read from outside, names the block assigns)
 READS_AND_ASSIGNED = {
@@ -309,6 +318,21 @@ _STATEMENTS = st.one_of(
 def test_last_bound_name_of_random_bodies(statements):
     body = "\n".join(text for text, _ in statements)
     assert analysis_of(body).last_bound == statements[-1][1]
+
+
+_BODIES = {
+    **{f"reads-{k}": v[0] for k, v in READS_AND_ASSIGNED.items()},
+    **{f"seeds-{k}": v[0] for k, v in SEEDS.items()},
+    **{f"last-{k}": v[0] for k, v in LAST_BOUND.items()},
+}
+
+
+@pytest.mark.parametrize("body", _BODIES.values(), ids=_BODIES.keys())
+def test_the_binding_walker_agrees_with_symtable(body):
+    # One walker answers "what does this bind" for every analysis; symtable is the reference
+    # for the block's own scope (comprehension variables are the comprehension's own).
+    site = site_from_source(with_block(body, LATER_HEADER))
+    assert bound_names(site.body) == analysis_of(body).assigned
 
 
 # -- outer names: where afar finds them -----------------------------------------------------------

@@ -10,7 +10,8 @@ import textwrap
 import pytest
 from unit_helpers import shared_bodies, site_from_source
 
-from afar._analysis.names import analyse, share_module_globals, wrapped_text
+from afar._analysis.names import analyse
+from afar._analysis.wrapping import share_module_globals, wrapped_text
 
 bodies = shared_bodies()
 BODIES = {body.id: body for body in bodies.BODIES}

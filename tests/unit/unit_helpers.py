@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import afar
-from afar._analysis.names import Analysis, analyse, wrapped_text
+from afar._analysis.names import Analysis, analyse
 from afar._analysis.source import Site
+from afar._analysis.wrapping import wrapped_text
 
 # Header of the block every helper builds unless told otherwise.
 LATER_HEADER = "with afar.run, later:"
