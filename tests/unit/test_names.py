@@ -8,19 +8,10 @@ import types
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from unit_helpers import (
-    LATER_HEADER,
-    analysis_of,
-    blocks_of,
-    captured,
-    exec_registered,
-    site_from_source,
-    with_block,
-)
+from unit_helpers import analysis_of, blocks_of, bound_by, captured, exec_registered
 
 import afar
 from afar import _variables
-from afar._analysis.bindings import bound_names
 
 # (body, names read from outside, names the block assigns)
 READS_AND_ASSIGNED = {
@@ -331,8 +322,7 @@ _BODIES = {
 def test_the_binding_walker_agrees_with_symtable(body):
     # One walker answers "what does this bind" for every analysis; symtable is the reference
     # for the block's own scope (comprehension variables are the comprehension's own).
-    site = site_from_source(with_block(body, LATER_HEADER))
-    assert bound_names(site.body) == analysis_of(body).assigned
+    assert bound_by(body) == analysis_of(body).assigned
 
 
 # -- outer names: where afar finds them -----------------------------------------------------------

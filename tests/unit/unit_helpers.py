@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import afar
+from afar._analysis.bindings import bound_names
 from afar._analysis.names import Analysis, analyse
 from afar._analysis.source import Site
 from afar._analysis.wrapping import wrapped_text
@@ -69,6 +70,11 @@ def analysis_of(body: str, header: str = LATER_HEADER) -> Analysis:
     """What ``_names.analyse`` makes of ``body`` under ``header`` (module level)."""
     site = site_from_source(with_block(body, header))
     return analyse(site, wrapped_text(site))
+
+
+def bound_by(body: str) -> set[str]:
+    """What the one binding walker says the block's own scope binds (comprehensions excluded)."""
+    return bound_names(site_from_source(with_block(body)).body)
 
 
 def exec_registered(source: str, namespace: dict[str, Any] | None = None) -> dict[str, Any]:
