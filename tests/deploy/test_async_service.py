@@ -12,7 +12,8 @@ import asyncio
 import time
 
 import pytest
-from _blocks import GATE_TIMEOUT, KEY_PREFIX, POLL_INTERVAL, unique
+from _blocks import GATE_TIMEOUT, POLL_INTERVAL, unique
+from _on_scheduler import afar_keys
 from distributed import Client, Event, Future
 
 import afar
@@ -32,10 +33,6 @@ CONCURRENT_BLOCKS = 20
 # may then take to forget its block.
 REQUEST_TIMEOUT = 1.0
 CANCEL_TIMEOUT = 3.0
-
-
-def _afar_keys(dask_scheduler) -> list[str]:
-    return [str(key) for key in dask_scheduler.tasks if str(key).startswith(KEY_PREFIX)]
 
 
 def serve(shared_cluster, handler):
@@ -134,7 +131,7 @@ def test_a_plain_with_and_an_asynchronous_client_says_to_write_async_with(shared
                 with run, remotely:
                     never = 1  # noqa: F841
         assert not client.futures
-        return await client.run_on_scheduler(_afar_keys)
+        return await client.run_on_scheduler(afar_keys)
 
     assert serve(shared_cluster, handler) == []
 
@@ -168,7 +165,7 @@ def test_locally_reads_futures_of_an_asynchronous_client(shared_cluster):
 
 async def _wait_until_released(client, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while await client.run_on_scheduler(_afar_keys):
+    while await client.run_on_scheduler(afar_keys):
         if time.monotonic() > deadline:
             raise TimeoutError(f"the scheduler still holds the block {timeout} s after cancelling")
         await asyncio.sleep(POLL_INTERVAL)

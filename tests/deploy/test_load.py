@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import dask
 import psutil
 import pytest
-from _blocks import KEY_PREFIX, RESULT_TIMEOUT, label, lineno
+from _blocks import RESULT_TIMEOUT, label, lineno
+from _on_scheduler import afar_keys
 from _processes import wait_until
 
 import afar
@@ -47,10 +48,6 @@ def _no_trim(pad: int) -> int:
 
 # glibc keeps freed memory for reuse until asked to give it back; other C libraries differ.
 _malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", _no_trim)
-
-
-def _afar_keys(dask_scheduler) -> list[str]:
-    return [str(key) for key in dask_scheduler.tasks if str(key).startswith(KEY_PREFIX)]
 
 
 def expected_chain(seed: int, length: int) -> list[int]:
@@ -90,7 +87,7 @@ def run_load(client, blocks: int = BLOCKS) -> dict[str, float]:
     del seeds, chains, values
     gc.collect()
     wait_until(
-        lambda: not client.run_on_scheduler(_afar_keys),
+        lambda: not client.run_on_scheduler(afar_keys),
         RELEASE_TIMEOUT,
         "The scheduler forgetting every afar key",
     )
@@ -163,7 +160,7 @@ def test_2000_blocks_from_4_threads_are_correct_and_leave_nothing_behind(load_cl
 def wait_for_release(client, part_of_key: str) -> None:
     """Wait until the scheduler holds no key containing `part_of_key` (one block's keys)."""
     wait_until(
-        lambda: not [key for key in client.run_on_scheduler(_afar_keys) if part_of_key in key],
+        lambda: not [key for key in client.run_on_scheduler(afar_keys) if part_of_key in key],
         BLOCK_RELEASE_TIMEOUT,
         f"The scheduler forgetting the keys of {part_of_key}",
     )

@@ -10,7 +10,8 @@ import gc
 import os
 
 import pytest
-from _blocks import KEY_PREFIX, RESULT_TIMEOUT
+from _blocks import RESULT_TIMEOUT
+from _on_scheduler import afar_keys
 from _processes import LOOPBACK, connection_failure
 from _tls import make_tls_files
 from distributed import Client, Future, Security, default_client, get_worker
@@ -21,10 +22,6 @@ from afar import remotely
 
 # Bounds a connection that the scheduler refuses (which it does at once).
 REFUSED_CONNECT_TIMEOUT = 3.0
-
-
-def _afar_keys(dask_scheduler) -> list[str]:
-    return sorted(str(key) for key in dask_scheduler.tasks if str(key).startswith(KEY_PREFIX))
 
 
 def _client_ids(dask_scheduler) -> set[str]:
@@ -93,4 +90,4 @@ def test_a_client_without_certificates_cannot_connect_and_runs_no_block(
                 never = 1  # noqa: F841
         # The scheduler saw no new client and holds no block.
         assert admin.run_on_scheduler(_client_ids) == clients_before
-        assert admin.run_on_scheduler(_afar_keys) == []
+        assert admin.run_on_scheduler(afar_keys) == []

@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 from _blocks import RESULT_TIMEOUT
+from _on_scheduler import afar_keys
 from _processes import wait_until
 from distributed import Client
 
@@ -71,10 +72,6 @@ def _error_of_a_failed_block(prefix: str) -> str:
         failed = None
         raise ValueError(f"{prefix}-raised")
     return str(failed.exception(timeout=RESULT_TIMEOUT))
-
-
-def _afar_keys(dask_scheduler) -> list[str]:
-    return [str(key) for key in dask_scheduler.tasks if str(key).startswith("afar-")]
 
 
 def texts(events) -> str:
@@ -161,7 +158,7 @@ def test_a_released_block_leaves_its_variables_and_error_in_dasks_logs(shared_cl
         length = len(variable)
     assert length == len(variable)
     assert _error_of_a_failed_block(error_prefix) == error_text
-    wait_until(lambda: not shared_client.run_on_scheduler(_afar_keys), RESULT_TIMEOUT, "Release")
+    wait_until(lambda: not shared_client.run_on_scheduler(afar_keys), RESULT_TIMEOUT, "Release")
 
     assert other_client.run_on_scheduler(_in_scheduler_logs, variable) == {
         "tasks": False,

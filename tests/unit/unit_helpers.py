@@ -122,7 +122,12 @@ def shared_bodies() -> types.ModuleType:
 
 
 def blocks_of(code: types.CodeType) -> list[Any]:
-    """The ``Block`` objects afar cached for the with statements of ``code``, in line order."""
+    """The ``Block`` objects afar cached for the with statements of ``code``, in line order.
+
+    Private on purpose: which blocks afar keeps, and that it keeps one per code location, has no
+    public sign (``Run.captured`` shows a block only under ``later``, and not its cache entry).
+    Tests that can read a block through ``captured`` do so instead.
+    """
     from afar import _block
 
     found = [b for key, b in _block._blocks.items() if any(part is code for part in key)]
