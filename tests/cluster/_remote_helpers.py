@@ -1,4 +1,5 @@
-"""What the remote behaviour tests share: timeouts, a log of the graphs the scheduler receives,
+"""What the remote behaviour tests share: timeouts, waiting until the scheduler caught up
+(``flush``), a sink that records a block's output, a log of the graphs the scheduler receives,
 and client-side objects that report being pickled.
 
 Workers cannot import this file (nor the test files): blocks in the tests read only plain values,
@@ -9,11 +10,14 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 import uuid
 from typing import Any
 
 from distributed import Client
 from distributed.diagnostics.plugin import SchedulerPlugin
+
+from afar._worker.output import DISPLAY  # the kind a sink records a display under
 
 # Seconds. Bounds on every wait for the cluster; far above what any step takes on 2 cores.
 RESULT_TIMEOUT = 30
@@ -69,6 +73,45 @@ def _read_graph_log(name: str, dask_scheduler: Any = None) -> dict[str, dict[str
     return dict(dask_scheduler.plugins[name].tasks)
 
 
+def flush(client: Client) -> None:
+    """Wait until the scheduler has handled what this client sent so far, and the
+    done-callbacks of the Futures finished so far have run.
+
+    The client sends to the scheduler over one ordered stream, and Dask runs done-callbacks in
+    one thread in the order the Futures finished: a task submitted now finishes after both.
+    """
+    ran = threading.Event()
+    marker = client.submit(int, 0, pure=False)
+    marker.add_done_callback(lambda _: ran.set())
+    assert ran.wait(RESULT_TIMEOUT), "the scheduler did not run a marker task in time"
+
+
+class RecordingSink:
+    """A block's sink that remembers what arrived, in order, and lets a test wait for text."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, Any]] = []
+        self._changed = threading.Condition()
+
+    def write(self, stream: str, text: str) -> None:
+        with self._changed:
+            self.items.append((stream, text))
+            self._changed.notify_all()
+
+    def display(self, payload: Any) -> None:
+        with self._changed:
+            self.items.append((DISPLAY, payload))
+            self._changed.notify_all()
+
+    def text(self, stream: str) -> str:
+        with self._changed:
+            return "".join(data for kind, data in self.items if kind == stream)
+
+    def wait_for(self, stream: str, text: str) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: text in self.text(stream), timeout=RESULT_TIMEOUT)
+
+
 class GraphRecorder:
     """The client side of ``GraphLog``: install it, then ask which tasks a block produced."""
 
@@ -86,7 +129,7 @@ class GraphRecorder:
         The client sends graphs over one ordered stream: once a task sent after them has
         finished, the scheduler has seen every graph sent before it.
         """
-        self.client.submit(int, 0, pure=False).result(timeout=RESULT_TIMEOUT)
+        flush(self.client)
 
     def tasks_of(self, block_label: str) -> dict[str, dict[str, Any]]:
         """Tasks whose key names the block at ``block_label`` (after a flush)."""

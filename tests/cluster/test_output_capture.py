@@ -13,6 +13,7 @@ from typing import Any
 
 import cloudpickle
 import pytest
+from _remote_helpers import RecordingSink
 from distributed import Client, Event
 
 import afar._worker.output
@@ -61,32 +62,6 @@ class ByValue:
 
 def submit(client: Client, function: Any, *args: Any, **options: Any) -> Any:
     return client.submit(ByValue(function), *args, **options)
-
-
-class RecordingSink:
-    """A block's sink that remembers what arrived, in order, and lets a test wait for text."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, Any]] = []
-        self._changed = threading.Condition()
-
-    def write(self, stream: str, text: str) -> None:
-        with self._changed:
-            self.items.append((stream, text))
-            self._changed.notify_all()
-
-    def display(self, payload: Any) -> None:
-        with self._changed:
-            self.items.append((DISPLAY, payload))
-            self._changed.notify_all()
-
-    def text(self, stream: str) -> str:
-        with self._changed:
-            return "".join(data for kind, data in self.items if kind == stream)
-
-    def wait_for(self, stream: str, text: str) -> bool:
-        with self._changed:
-            return self._changed.wait_for(lambda: text in self.text(stream), timeout=WAIT)
 
 
 class Block:
