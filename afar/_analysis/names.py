@@ -27,6 +27,9 @@ from afar._analysis.bindings import (
 from afar._analysis.source import Site
 from afar.errors import BlockSyntaxError
 
+# The name of the function a body is wrapped in for analysis and on the worker (text form,
+# see afar._analysis.wrapping).
+WRAPPER_NAME = "_afar_block_"
 _NESTED_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
 # ``try: ... except* ...`` (Python 3.11+) has the fields of ``try``.
 _TRY_STAR = (ast.TryStar,) if hasattr(ast, "TryStar") else ()
@@ -135,7 +138,8 @@ def _function_table(site: Site, text: str, line_offset: int) -> symtable.SymbolT
             )
         lineno = error.lineno + line_offset if error.lineno else None
         raise BlockSyntaxError(message, site.filename, lineno) from None
-    (table,) = module.get_children()  # the function the body is wrapped in
+    # The function the body is wrapped in (from 3.14 the module may hold annotation scopes too).
+    (table,) = (t for t in module.get_children() if t.get_name() == WRAPPER_NAME)
     return table
 
 

@@ -15,11 +15,8 @@ import ast
 from dataclasses import dataclass
 
 from afar._analysis.bindings import bound_names, scope_nodes
-from afar._analysis.names import Analysis, analyse
+from afar._analysis.names import WRAPPER_NAME, Analysis, analyse
 from afar._analysis.source import Site
-
-# The name of the function a body is wrapped in for analysis and on the worker (text form).
-WRAPPER_NAME = "_afar_block_"
 
 
 @dataclass(frozen=True)
