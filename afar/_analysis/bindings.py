@@ -13,7 +13,7 @@ variables only comprehensions bind, and the shadowing of globals by nested funct
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -77,7 +77,7 @@ def _bound_by(node: ast.AST, comprehension: bool, annotated_only: bool) -> Itera
         if name:
             # The name ends the pattern (`[a] as whole`, `{"k": a, **rest}`): the pattern's
             # start would put it before the names inside.
-            yield Binding(name, PATTERN, (node.end_lineno, node.end_col_offset))  # type: ignore[arg-type]
+            yield Binding(name, PATTERN, (node.end_lineno, node.end_col_offset))
 
 
 def bound_names(nodes: Iterable[ast.AST], *kinds: str) -> set[str]:
@@ -94,7 +94,7 @@ def imported_name(alias: ast.alias) -> str:
     return alias.asname or alias.name.partition(".")[0]
 
 
-def scope_nodes(body: list[ast.AST]) -> Iterator[ast.AST]:
+def scope_nodes(body: Sequence[ast.AST]) -> Iterator[ast.AST]:
     """Every node of ``body`` that runs in the block's own scope (not in nested functions)."""
     stack: list[ast.AST] = list(reversed(body))
     while stack:

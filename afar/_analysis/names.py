@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import symtable
 from dataclasses import dataclass
+from typing import Any
 
 from afar._analysis.bindings import (
     COMPREHENSION,
@@ -262,13 +263,14 @@ def _flow(
             # The context manager may swallow an exception: the body's names stay uncertain.
             _flow(statement.body, definite, assigned, early)
         elif isinstance(statement, (ast.Try, *_TRY_STAR)):
-            after_body = _flow(statement.body, definite, assigned, early)
-            for handler in statement.handlers:
+            tried: Any = statement  # ast.Try, or ast.TryStar (3.11+): the same fields
+            after_body = _flow(tried.body, definite, assigned, early)
+            for handler in tried.handlers:
                 read(handler.type)
                 caught = {handler.name} if handler.name else set()
                 _flow(handler.body, definite | caught, assigned, early)
-            _flow(statement.orelse, after_body, assigned, early)
-            definite = _flow(statement.finalbody, definite, assigned, early)
+            _flow(tried.orelse, after_body, assigned, early)
+            definite = _flow(tried.finalbody, definite, assigned, early)
         elif isinstance(statement, ast.Match):
             read(statement.subject)
             for case in statement.cases:
@@ -298,7 +300,7 @@ def _bound_after(statement: ast.stmt, definite: set[str]) -> set[str]:
     return definite
 
 
-def _names_read(statement: ast.stmt) -> set[str]:
+def _names_read(statement: ast.AST) -> set[str]:
     names = set()
     for node in scope_nodes([statement]):
         if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Load, ast.Del)):

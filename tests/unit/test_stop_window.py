@@ -13,12 +13,12 @@ import threading
 
 from afar._worker.runtime import Running, running_blocks
 
-ROUNDS = 300
+ROUNDS = 150
 # Seconds between the interpreter's thread switches during the test: often, so that the stops
 # land at all sorts of places (Python's default is 0.005).
 SWITCH_INTERVAL = 1e-5
 # Seconds: the whole run is bounded.
-JOIN_TIMEOUT = 60
+JOIN_TIMEOUT = 40
 
 
 def test_a_stop_lands_only_inside_the_block() -> None:
