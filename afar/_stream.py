@@ -268,6 +268,9 @@ class OutputRouter:
         self._lock = threading.Lock()
         self._blocks: dict[str, _Block] = {}
         self._unregistered: OrderedDict[str, _Block] = OrderedDict()
+        # Blocks whose Futures are done (at most MAX_UNREGISTERED, a name each): an event of
+        # theirs that arrives after that, on a busy client, is shown and leaves no state.
+        self._finished: OrderedDict[str, None] = OrderedDict()
         # Weak: the router is cached per client in a weak mapping, which a strong reference
         # from the value to its key would keep alive forever.
         self._client = weakref.ref(client)
@@ -284,6 +287,9 @@ class OutputRouter:
         with self._lock:
             self._blocks.pop(block, None)
             self._unregistered.pop(block, None)
+            self._finished[block] = None
+            if len(self._finished) > MAX_UNREGISTERED:
+                self._finished.popitem(last=False)
 
     def silence(self, block: str) -> None:
         """Show nothing more of ``block`` (it was cancelled) but afar's notices; from any thread.
@@ -323,7 +329,9 @@ class OutputRouter:
         label = str(message.get("label", block))
         with self._lock:
             state = self._blocks.get(block)
-            if state is None:
+            if state is None and block in self._finished and block not in self._unregistered:
+                state = _Block(None)  # a late event of a finished block: shown, not kept
+            elif state is None:
                 state = self._unregistered.pop(block, None) or _Block(None)
                 self._unregistered[block] = state
                 if len(self._unregistered) > MAX_UNREGISTERED:

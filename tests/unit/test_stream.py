@@ -249,3 +249,16 @@ def test_silencing_ends_a_progress_line_on_the_terminal(
     text = shown.decode()
     assert "1/4 tasks" in text
     assert text.endswith("\x1b[K\r\n")  # the line ended (the terminal turns "\n" into "\r\n")
+
+
+def test_a_late_event_of_a_finished_block_is_shown_and_leaves_no_state(
+    router: OutputRouter,
+) -> None:
+    """On a busy client, a block's last event can arrive after its Future's done-callback."""
+    shown = ListSink()
+    router.default_sink = shown
+    router.handle(event("b", [[STDOUT, "early\n"]]))
+    router.unregister("b")
+    router.handle(event("b", [[STDOUT, "late\n"]], seq=1))
+    assert shown.items == [(STDOUT, "early\n"), (STDOUT, "late\n")]
+    assert len(router) == 0
