@@ -26,6 +26,8 @@ import pytest
 from _remote_helpers import (
     GATE_TIMEOUT,
     RESULT_TIMEOUT,
+    RecordingSink,
+    flush,
     label,
     lineno,
     new_gate_name,
@@ -250,19 +252,6 @@ def _subscribers(topic: str, dask_scheduler: Any = None) -> set[str]:
     return set(dask_scheduler._broker._topics[topic].subscribers)
 
 
-def flush(client: Client) -> None:
-    """Wait until the scheduler has handled what this client sent so far, and the
-    done-callbacks of the Futures finished so far have run.
-
-    The client sends to the scheduler over one ordered stream, and Dask runs done-callbacks in
-    one thread in the order the Futures finished: a task submitted now finishes after both.
-    """
-    ran = threading.Event()
-    marker = client.submit(int, 0, pure=False)
-    marker.add_done_callback(lambda _: ran.set())
-    assert ran.wait(RESULT_TIMEOUT)
-
-
 def afar_keys(client: Client) -> list[str]:
     """Keys of afar's tasks this client still holds Futures of, once released Futures are gone.
 
@@ -350,22 +339,6 @@ def test_warnings_logging_and_direct_writes_reach_the_right_client_stream_once(
 
 
 # -- isolation ------------------------------------------------------------------------------------
-class RecordingSink:
-    """One block's sink, registered with the router the way the notebook integration does."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, Any]] = []
-
-    def write(self, stream: str, text: str) -> None:
-        self.items.append((stream, text))
-
-    def display(self, payload: Any) -> None:
-        self.items.append(("display", payload))
-
-    def text(self, stream: str) -> str:
-        return "".join(text for kind, text in self.items if kind == stream)
-
-
 @pytest.mark.parametrize("sinks", ["registered", "default"])
 def test_two_blocks_on_one_worker_never_get_each_others_lines(client: Client, sinks: str) -> None:
     """Two blocks run at once in the two threads of one worker and print in lockstep.

@@ -20,6 +20,7 @@ import pytest
 from _remote_helpers import (
     GATE_TIMEOUT,
     RESULT_TIMEOUT,
+    flush,
     label,
     lineno,
     new_gate_name,
@@ -55,19 +56,6 @@ def pending_of(run: afar.Run) -> set[Future]:
     # The Run's Futures of blocks that have not finished: no public accessor.
     with run._pending.lock:
         return set(run._pending.futures)
-
-
-def flush(client: Client) -> None:
-    """Wait until the scheduler has handled what this client sent so far (cancellations too),
-    and the done-callbacks of the Futures finished so far have run.
-
-    The client sends to the scheduler over one ordered stream, and Dask runs done-callbacks in
-    one thread in the order the Futures finished: a task submitted now finishes after both.
-    """
-    ran = threading.Event()
-    marker = client.submit(int, 0, pure=False)
-    marker.add_done_callback(lambda _: ran.set())
-    assert ran.wait(RESULT_TIMEOUT)
 
 
 def known_to_scheduler(key: str, dask_scheduler: Any = None) -> bool:
