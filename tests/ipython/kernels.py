@@ -86,3 +86,16 @@ class RecordingClient(nbclient.NotebookClient):
     def process_message(self, msg: dict[str, Any], cell: Any, cell_index: int) -> Any:
         self.received.append((cell_index, msg["msg_type"], msg["content"]))
         return super().process_message(msg, cell, cell_index)
+
+
+def shown_text(cell: Any) -> str:
+    """Everything a cell's saved outputs show as text: streams, plain text, errors."""
+    parts = []
+    for output in cell.outputs:
+        if output.output_type == "stream":
+            parts.append(output.text)
+        elif output.output_type in ("display_data", "execute_result"):
+            parts.extend(str(value) for value in output.data.values())
+        elif output.output_type == "error":
+            parts.append(ANSI_ESCAPE.sub("", "\n".join(output.traceback)))
+    return "\n".join(parts)

@@ -24,6 +24,7 @@ from kernels import (
     client_options,
     install_kernel,
     kernel_environment,
+    shown_text,
 )
 
 # The next cell's block must run within this long of the interrupt (the stopped one would run
@@ -58,18 +59,6 @@ class InterruptingClient(nbclient.NotebookClient):
         if msg["msg_type"] == "stream" and self.trigger in msg["content"].get("text", ""):
             self.seen.set()
         return super().process_message(msg, cell, cell_index)
-
-
-def shown_text(cell: Any) -> str:
-    parts = []
-    for output in cell.outputs:
-        if output.output_type == "stream":
-            parts.append(output.text)
-        elif output.output_type in ("display_data", "execute_result"):
-            parts.extend(str(value) for value in output.data.values())
-        elif output.output_type == "error":
-            parts.append(ANSI_ESCAPE.sub("", "\n".join(output.traceback)))
-    return "\n".join(parts)
 
 
 def test_the_notebook_interrupt_stops_the_block(

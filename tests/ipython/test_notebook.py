@@ -15,7 +15,13 @@ from typing import Any
 
 import nbformat
 import pytest
-from kernels import ANSI_ESCAPE, RecordingClient, client_options, install_kernel, kernel_environment
+from kernels import (
+    RecordingClient,
+    client_options,
+    install_kernel,
+    kernel_environment,
+    shown_text,
+)
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "examples" / "afar-in-jupyter.ipynb"
 # Bound of the whole notebook's run.
@@ -49,19 +55,6 @@ def code_cell(notebook: Any, snippet: str) -> tuple[int, Any]:
     ]
     assert len(found) == 1, f"{len(found)} cells contain {snippet!r}"
     return found[0]
-
-
-def shown_text(cell: Any) -> str:
-    """Everything a cell's saved outputs show as text: streams, plain text, errors."""
-    parts = []
-    for output in cell.outputs:
-        if output.output_type == "stream":
-            parts.append(output.text)
-        elif output.output_type in ("display_data", "execute_result"):
-            parts.extend(str(value) for value in output.data.values())
-        elif output.output_type == "error":
-            parts.append(ANSI_ESCAPE.sub("", "\n".join(output.traceback)))
-    return "\n".join(parts)
 
 
 def test_the_notebook_runs_within_its_budget(executed):
