@@ -44,7 +44,7 @@ class Block:
     def label(self) -> str:
         return self.site.label
 
-    @property
+    @functools.cached_property
     def key_prefix(self) -> str:
         return f"{KEY_PREFIX}-{self.label}"
 

@@ -52,10 +52,7 @@ class Shipped:
         return self.task_function, dict(zip(self.arguments, values))
 
 
-run_block = Shipped(
-    _worker.run_block,
-    ("packed", "payload", "futures", "stream", "strict", "limit", "modules"),
-)
+run_block = Shipped(_worker.run_block, ("packed", "payload", "futures", "settings"))
 pick = Shipped(_worker.pick, ("values", "which"))
 culprits = Shipped(_worker.unpicklable_names, ("values",))
 _SHIPPED = (run_block, pick, culprits)

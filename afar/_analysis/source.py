@@ -9,7 +9,7 @@ import sys
 import types
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from afar import _cpython, _ipython
 from afar.errors import BlockSyntaxError, SourceError
@@ -37,7 +37,7 @@ class Site:
     def future_flags(self) -> int:
         return _cpython.future_flags(self.future_features)
 
-    @property
+    @cached_property
     def label(self) -> str:
         return f"{short_filename(self.filename)}:{self.node.lineno}"
 

@@ -388,22 +388,15 @@ def load_inputs(payload: bytes, label: str) -> dict[str, Any]:
         ) from None
 
 
-def run_block(
-    packed: bytes,
-    payload: bytes,
-    futures: dict[str, Any],
-    stream: tuple[str, Any] | None,
-    strict: bool,
-    limit: float | None = None,
-    modules: tuple[tuple[str, str], ...] = (),
-) -> Any:
+def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: bytes) -> Any:
     """The body task: bind the inputs, run the block, stream its output, return its names.
 
     ``packed`` is the pickled ``BlockCode``; ``payload`` the pickled plain variables the block
     reads, ``futures`` those that held Dask Futures (resolved by Dask). Those named by
     ``block.seeds`` are passed as parameters: the block may read them before assigning them.
-    ``stream`` is ``(topic, the client's stream identity, progress)`` for output (None: not
-    captured); with ``progress``, the counts of the Dask work the block submits are sent too.
+    ``settings`` pickles ``(stream, strict, limit, modules)``. ``stream`` is ``(topic, the
+    client's stream identity, progress)`` for output (None: not captured); with ``progress``,
+    the counts of the Dask work the block submits are sent too.
     With ``strict``, every saved name must have been assigned (``afar.get``); otherwise missing
     ones are left out (getter tasks raise). ``limit``: seconds the block may run. ``modules``
     names the versions of the client's own modules the block needs, as ``(name, digest)`` pairs
@@ -417,6 +410,7 @@ def run_block(
     """
     from distributed import get_worker
 
+    stream, strict, limit, modules = pickle.loads(settings)
     block, code = block_and_code(packed)
     if modules:
         use_modules(modules, block.label)  # before unpickling: inputs may refer to them
