@@ -15,7 +15,7 @@ from afar import _cpython
 from afar._analysis.names import Analysis
 from afar._analysis.source import Site, first_line, site_for
 from afar._analysis.wrapping import wrap
-from afar._worker.runtime import BlockCode
+from afar._worker.compiling import BlockCode
 from afar.errors import BlockSyntaxError
 
 # Code locations analysed and kept; a notebook makes a new code object per cell run.

@@ -17,12 +17,31 @@ from typing import Any
 
 import cloudpickle
 
-from afar._worker import batching, importer, output, progress, protocol
+from afar._worker import (
+    batching,
+    compiling,
+    display,
+    importer,
+    output,
+    progress,
+    protocol,
+    stopping,
+)
 from afar._worker import runtime as _worker
 
 # Each module by name: Dask's serializer (distributed.protocol.pickle) hands an object to
 # cloudpickle only when the object's own module is in cloudpickle's registry, parents aside.
-for _module in (_worker, output, batching, protocol, progress, importer):
+for _module in (
+    _worker,
+    compiling,
+    stopping,
+    display,
+    output,
+    batching,
+    protocol,
+    progress,
+    importer,
+):
     cloudpickle.register_pickle_by_value(_module)
 
 # The task's function: ``eval`` of a call of the shipped function, looked up by digest on the

@@ -13,7 +13,8 @@ import types
 from typing import TYPE_CHECKING
 
 from afar import _ipython
-from afar._worker.runtime import BLOCK_FUNCTION_PREFIX, RUNTIME_FILENAME, run_here
+from afar._worker.compiling import BLOCK_FUNCTION_PREFIX
+from afar._worker.runtime import RUNTIME_FILENAME, run_here
 from afar.errors import SavedNameError
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from afar._shipping import culprits
 from afar._stream import silence
 from afar._submission import Results
 from afar._variables import Entry, bind_results
-from afar._worker.runtime import TIMED_OUT
+from afar._worker.stopping import TIMED_OUT
 from afar.errors import NotPicklableError
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ A ``with`` block's body is indented: ``def _afar_block_():`` on the line above i
 makes it a function body with every line at its own number, which symtable analyses and the
 worker compiles as it is. A notebook cell (``%%afar``) starts at column 0 and may start on line
 1: it is analysed indented under a ``def`` one line higher (``line_offset=-1``) and travels as
-it is; the worker wraps its syntax tree (``afar._worker.runtime.compile_block``, which needs
+it is; the worker wraps its syntax tree (``afar._worker.compiling.compile_block``, which needs
 no afar). At module level, a nested function's ``global n`` of a variable the block assigns
 becomes ``nonlocal n`` (``share_module_globals``). ``wrap`` is the one entry point.
 """

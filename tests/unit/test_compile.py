@@ -11,7 +11,7 @@ import pytest
 from unit_helpers import analysis_of, blocks_of, fake_filename, site_from_source
 
 from afar._analysis.wrapping import wrapped_text
-from afar._worker import runtime as _worker
+from afar._worker import compiling as _worker
 
 RAISING = """\
 import afar

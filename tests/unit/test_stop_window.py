@@ -1,4 +1,4 @@
-"""The stop window of a block on the worker (``afar._worker.runtime.Running``), without Dask.
+"""The stop window of a block on the worker (``afar._worker.stopping.Running``), without Dask.
 
 A stop raises an exception asynchronously in the block's thread. It must land only between
 ``start`` and ``close``, that is in the block's own code, never in the code that runs after the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import threading
 
-from afar._worker.runtime import Running, running_blocks
+from afar._worker.stopping import Running, running_blocks
 
 ROUNDS = 150
 # Seconds between the interpreter's thread switches during the test: often, so that the stops

@@ -1,0 +1,60 @@
+"""A block's last expression, shown as a notebook shows it: its rich representations.
+
+They are computed on the worker, where the value lives (IPython's display protocol): only the
+text of each representation travels back, never the value.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+
+def mimebundle(value: Any) -> dict[str, str]:
+    """The value's rich representations, computed where the value lives (IPython's protocol)."""
+    bundle: dict[str, str] = {}
+    method = getattr(value, "_repr_mimebundle_", None)
+    if callable(method):
+        try:
+            produced = method()
+        except Exception:
+            produced = None
+        if isinstance(produced, tuple):
+            produced = produced[0]
+        if isinstance(produced, dict):
+            bundle.update({k: v for k, v in produced.items() if isinstance(v, str)})
+    for mime, name in REPR_METHODS:
+        if mime in bundle:
+            continue
+        method = getattr(value, name, None)
+        if not callable(method) or isinstance(value, type):
+            continue
+        try:
+            text = method()
+        except Exception:
+            continue
+        if isinstance(text, tuple):
+            text = text[0]
+        if isinstance(text, bytes) and mime.startswith("image/"):
+            text = base64.b64encode(text).decode("ascii")  # as IPython puts images in bundles
+        if isinstance(text, str):
+            bundle[mime] = text
+    bundle.setdefault("text/plain", _plain_repr(value))
+    return bundle
+
+
+def _plain_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception as error:
+        return f"<repr of {type(value).__name__} failed: {error!r}>"
+
+
+REPR_METHODS = (
+    ("text/html", "_repr_html_"),
+    ("text/markdown", "_repr_markdown_"),
+    ("text/latex", "_repr_latex_"),
+    ("image/svg+xml", "_repr_svg_"),
+    ("image/png", "_repr_png_"),
+    ("application/json", "_repr_json_"),
+)
