@@ -11,38 +11,24 @@ from __future__ import annotations
 import builtins
 import functools
 import hashlib
+import importlib
+import pkgutil
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import cloudpickle
 
-from afar._worker import (
-    batching,
-    compiling,
-    display,
-    importer,
-    output,
-    progress,
-    protocol,
-    stopping,
-)
+import afar._worker
 from afar._worker import runtime as _worker
 
 # Each module by name: Dask's serializer (distributed.protocol.pickle) hands an object to
 # cloudpickle only when the object's own module is in cloudpickle's registry, parents aside.
-for _module in (
-    _worker,
-    compiling,
-    stopping,
-    display,
-    output,
-    batching,
-    protocol,
-    progress,
-    importer,
-):
-    cloudpickle.register_pickle_by_value(_module)
+# Every module of the package, so that a new one cannot be forgotten here.
+for _info in pkgutil.iter_modules(afar._worker.__path__):
+    cloudpickle.register_pickle_by_value(
+        importlib.import_module(f"{afar._worker.__name__}.{_info.name}")
+    )
 
 # The task's function: ``eval`` of a call of the shipped function, looked up by digest on the
 # worker, with the task's one argument (a dict) as the namespace. ``builtins.eval`` unpickles

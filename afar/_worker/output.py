@@ -6,17 +6,16 @@ nothing in module globals that must outlive one task: each task gets its own cop
 
 How it works
 ------------
-The worker plugin's ``setup`` (``afar._worker.runtime.Runtime``) replaces ``sys.stdout`` and
-``sys.stderr`` by routers (``install_routers``; its ``teardown`` takes them out again). A router
-looks up the writing thread in a table of active captures: a thread without a capture writes
-straight to the stream the router replaced; a thread inside ``capture_output`` writes there too
-(the worker's own streams keep showing everything) and its forwarder records the text. What the
-text becomes as events (merging, batches of at most ``BATCH_SECONDS`` or ``BATCH_MAX_CHARS``
-characters, the budget, unfinished lines) is decided by the pure ``afar._worker.batching.Batcher``;
-the forwarder here adds the lock, the timer on the worker's event loop and ``Worker.log_event`` on
-the client's topic. Only writes through the ``sys.stdout`` and ``sys.stderr`` objects made by the
-block's own thread are captured: threads the block starts, writes to ``sys.__stdout__``, to
-``sys.stdout.buffer`` and to file descriptors 1 and 2 are not.
+The worker plugin's routers (``afar._worker.routing``) stand in front of ``sys.stdout`` and
+``sys.stderr``; a thread inside ``capture_output`` has its writes reach the worker's own streams
+and its forwarder, which records the text. Where no plugin installed the routers (a process that
+is not an afar worker), nothing is captured. What the text becomes as events (merging, batches
+of at most ``BATCH_SECONDS`` or ``BATCH_MAX_CHARS`` characters, the budget, unfinished lines) is
+decided by the pure ``afar._worker.batching.Batcher``; the forwarder here adds the lock, the
+timer on the worker's event loop and ``Worker.log_event`` on the client's topic. Only writes
+through the ``sys.stdout`` and ``sys.stderr`` objects made by the block's own thread are
+captured: threads the block starts, writes to ``sys.__stdout__``, to ``sys.stdout.buffer`` and
+to file descriptors 1 and 2 are not.
 
 Message layout
 --------------
@@ -48,10 +47,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-import sys
 import threading
 import time
-import types
 from typing import Any
 
 from distributed import get_worker
@@ -72,20 +69,7 @@ from afar._worker.protocol import (  # noqa: F401 (re-exported: tests and older 
     STDOUT,
     TEXT_KINDS,
 )
-
-# Per-process state lives in a module object in sys.modules, not in this module's globals, which
-# are fresh for every task. Its name and its `lock` attribute are shared by all versions of this
-# code; everything else lives under a versioned attribute, and routers of different versions
-# stack (each forwards to the stream it replaced). Bump _ROUTER_VERSION whenever `_Router` or the
-# capture methods it calls (`record`, `teeing`) change.
-_ROOT_NAME = "_afar_output"
-_ROUTER_VERSION = 3
-_STATE_ATTR = f"v{_ROUTER_VERSION}"
-# Attribute every afar router of any version has: the stream it replaced. Installation follows it
-# to tell whether its router is still in the chain below a router of another version.
-_INNER_ATTR = "_afar_inner"
-# Routers followed at most down such a chain: a guard against a cycle someone else made.
-_MAX_CHAIN = 64
+from afar._worker.routing import active_captures
 
 _logger = logging.getLogger("afar.output")
 
@@ -173,8 +157,11 @@ def capture_output(
         # On the event loop thread (an async task) capture would take everything the worker's
         # loop writes, and the batching timer would run on the thread being captured.
         return _NULL_CONTEXT
+    captures = active_captures()
+    if captures is None:
+        return _NULL_CONTEXT  # no afar worker plugin in this process: no routers to capture
     unechoed = shared_streams(client_streams) if client_streams else frozenset()
-    return _Forwarder(worker, topic, block, label, max_chars, unechoed)
+    return _Forwarder(worker, captures, topic, block, label, max_chars, unechoed)
 
 
 def stream_identity() -> tuple[Any, ...]:
@@ -215,6 +202,7 @@ class _Forwarder(Emitter):
         "_batcher",
         "_block",
         "_broken",
+        "_captures",
         "_closed",
         "_header",
         "_ident",
@@ -222,7 +210,6 @@ class _Forwarder(Emitter):
         "_lock",
         "_previous",
         "_seq",
-        "_state",
         "_timer_armed",
         "_topic",
         "_worker",
@@ -233,6 +220,7 @@ class _Forwarder(Emitter):
     def __init__(
         self,
         worker: Any,
+        captures: dict[int, Any],
         topic: str,
         block: str,
         label: str,
@@ -242,6 +230,7 @@ class _Forwarder(Emitter):
         # Streams not written to on the worker: they are the client's own (see capture_output).
         self.unechoed = unechoed
         self._worker = worker
+        self._captures = captures
         self._topic = topic
         self._block = block
         self._label = label
@@ -258,15 +247,14 @@ class _Forwarder(Emitter):
         self.teeing = False
 
     def __enter__(self) -> _Forwarder:
-        self._state = state = _router_state()
         self._ident = ident = _get_ident()
         # A block inside a block in the same thread: the inner one captures until it ends.
-        self._previous = state.captures.get(ident)
-        state.captures[ident] = self
+        self._previous = self._captures.get(ident)
+        self._captures[ident] = self
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        captures = self._state.captures
+        captures = self._captures
         if self._previous is None:
             captures.pop(self._ident, None)
         else:
@@ -402,166 +390,3 @@ class _Forwarder(Emitter):
         self._batcher.stop(keep=False)
         # Logged after _broken is set: this record may come back through the router.
         _logger.warning("afar: stopped forwarding the output of %s", self._label, exc_info=True)
-
-
-class _Router:
-    """Stands in for sys.stdout or sys.stderr, recording the writes of threads being captured."""
-
-    def __init__(self, inner: Any, stream: str, captures: dict[int, Any]) -> None:
-        setattr(self, _INNER_ATTR, inner)
-        self._afar_stream = stream
-        self._afar_captures = captures
-
-    def write(self, text: str) -> int:
-        capture = self._afar_captures.get(_get_ident())
-        inner = self._afar_inner
-        if capture is None or capture.teeing:
-            return _write(inner, text)
-        if self._afar_stream in capture.unechoed:
-            if not isinstance(text, str):
-                raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-            capture.record(self._afar_stream, text)
-            return len(text)
-        capture.teeing = True
-        try:
-            written = _write(inner, text)
-        finally:
-            capture.teeing = False
-        # Recorded after the worker's stream accepted it: text a stream rejects (bytes, say)
-        # raises as it would without afar, and is not sent either.
-        capture.record(self._afar_stream, text)
-        return written
-
-    def writelines(self, lines: Any) -> None:
-        for line in lines:
-            self.write(line)
-
-    def flush(self) -> None:
-        if self._afar_inner is not None:
-            self._afar_inner.flush()
-
-    def __getattr__(self, name: str) -> Any:
-        # Everything else (encoding, isatty, fileno, buffer, …) is the replaced stream's.
-        if name.startswith("_afar_"):
-            raise AttributeError(name)
-        return getattr(self._afar_inner, name)
-
-    def __repr__(self) -> str:
-        return f"<afar output router for {self._afar_inner!r}>"
-
-
-def _write(stream: Any, text: str) -> int:
-    if stream is not None:
-        return stream.write(text)
-    # sys.stdout is None (e.g. a worker started without a console): print() is silent then,
-    # and a captured block's output still reaches the client.
-    if not isinstance(text, str):
-        raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-    return len(text)
-
-
-def install_routers() -> None:
-    """Put this version's routers in front of sys.stdout and sys.stderr, until ``remove_routers``.
-
-    Called by the worker plugin's ``setup`` (``afar._worker.runtime.Runtime``); each call needs
-    one ``remove_routers``. Idempotent across calls and versions: a router already in place stays.
-    """
-    state = _router_state()
-    with _root().lock:
-        state.installs += 1
-
-
-def remove_routers() -> None:
-    """Undo one ``install_routers``; the last one takes this version's routers out of the streams.
-
-    Routers stay while a block still captures. A router below a router of another version is
-    unlinked from under it; one below a stream of someone else's stays (it only forwards).
-    """
-    root = sys.modules.get(_ROOT_NAME)
-    state = getattr(root, _STATE_ATTR, None)
-    if root is None or state is None:
-        return
-    with root.lock:
-        if not state.installs:
-            return  # not installed by install_routers: a capture's own (see _router_state)
-        state.installs -= 1
-        if state.installs or state.captures:
-            return
-        for name in TEXT_KINDS:
-            router = getattr(state, name)
-            if router is not None and _unlink(name, router):
-                setattr(state, name, None)
-
-
-def _root() -> Any:
-    root = sys.modules.get(_ROOT_NAME)
-    if root is None:
-        fresh = types.ModuleType(_ROOT_NAME, "afar: per-process output routing state")
-        fresh.lock = threading.Lock()  # type: ignore[attr-defined]
-        # setdefault is atomic: of two threads racing here, both get the same module.
-        root = sys.modules.setdefault(_ROOT_NAME, fresh)
-    return root
-
-
-def _router_state() -> Any:
-    """This version's routing state, its routers put back in front if something replaced them.
-
-    The worker plugin installs the routers (``install_routers``); a capture checks they are still
-    in place (one lookup each), and installs them where no plugin did (``capture_output`` in a
-    task of its own, on a worker without afar's plugin).
-    """
-    root = _root()
-    state = getattr(root, _STATE_ATTR, None)
-    if (
-        state is not None
-        and _in_chain(sys.stdout, state.stdout)
-        and _in_chain(sys.stderr, state.stderr)
-    ):
-        return state
-    with root.lock:
-        state = getattr(root, _STATE_ATTR, None)
-        if state is None:
-            state = types.SimpleNamespace(captures={}, stdout=None, stderr=None, installs=0)
-            setattr(root, _STATE_ATTR, state)
-        for name in TEXT_KINDS:
-            current = getattr(sys, name)
-            if not _in_chain(current, getattr(state, name)):
-                # Missing, or replaced since (e.g. by something that restored the stream it had
-                # saved): stand in front of whatever is there now.
-                router = _Router(current, name, state.captures)
-                setattr(state, name, router)
-                setattr(sys, name, router)
-        return state
-
-
-def _unlink(name: str, router: Any) -> bool:
-    """Take ``router`` out of ``sys.<name>``'s chain of afar routers; False: not found there."""
-    inner = router.__dict__.get(_INNER_ATTR)
-    stream = getattr(sys, name)
-    if stream is router:
-        setattr(sys, name, inner)
-        return True
-    for _ in range(_MAX_CHAIN):
-        below = getattr(stream, "__dict__", {}).get(_INNER_ATTR)
-        if below is None:
-            return False
-        if below is router:
-            setattr(stream, _INNER_ATTR, inner)
-            return True
-        stream = below
-    return False
-
-
-def _in_chain(stream: Any, router: Any) -> bool:
-    """Whether ``router`` is ``stream`` or below it in a stack of afar routers of any version."""
-    if router is None:
-        return False
-    for _ in range(_MAX_CHAIN):
-        if stream is router:
-            return True
-        if stream is None:
-            return False
-        # Looked up in the instance dict: getattr() on a router without the attribute would
-        # fall through to its __getattr__, and answer for the stream below.
-        stream = getattr(stream, "__dict__", {}).get(_INNER_ATTR)
-    return False

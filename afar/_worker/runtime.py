@@ -21,8 +21,9 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from afar._worker.compiling import DISPLAY_NAME, BlockCode, block_and_code, new_function
 from afar._worker.display import mimebundle
 from afar._worker.importer import use_modules
-from afar._worker.output import DISPLAY, capture_output, install_routers, remove_routers
+from afar._worker.output import DISPLAY, capture_output
 from afar._worker.progress import watch_progress
+from afar._worker.routing import install_routers, remove_routers
 from afar._worker.stopping import (
     TIMED_OUT,
     UNWANTED_STATES,

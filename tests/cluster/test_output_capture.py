@@ -17,6 +17,8 @@ from _remote_helpers import RecordingSink
 from distributed import Client, Event
 
 import afar._worker.output
+import afar._worker.routing
+from afar._shipping import ensure_runtime
 from afar._stream import restart_notice, router_for, topic_for
 from afar._worker.output import (
     BATCH_MAX_CHARS,
@@ -31,6 +33,14 @@ from afar._worker.output import (
 # Workers need no afar, nor this file: what they run travels by value.
 cloudpickle.register_pickle_by_value(afar._worker.output)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def afar_plugin(client: Client) -> None:
+    """afar's worker plugin, whose setup puts the routers that capture needs on every worker
+    (a client's first block registers it)."""
+    ensure_runtime(client)
+
 
 # Bound on every wait for the cluster; far above what any step takes.
 WAIT = 30
@@ -242,23 +252,35 @@ def afar_modules(topic: str, block: str) -> list[str]:
     return [name for name in sys.modules if name == "afar" or name.startswith("afar.")]
 
 
-def two_versions(topic: str, keys: list[str], source: str, rounds: int) -> list[int]:
-    """Alternate this router version with another one in one process; chain depth per round."""
+def two_versions(
+    topic: str, keys: list[str], routing_source: str, output_source: str, rounds: int
+) -> list[int]:
+    """Alternate this router version with another one in one process; chain depth per round.
+
+    The other version's plugin is played by its own ``install_routers``/``remove_routers``.
+    """
     import types
 
+    routing = types.ModuleType("afar_routing_other_version")
+    exec(compile(routing_source, "<afar routing, other version>", "exec"), routing.__dict__)
     other = types.ModuleType("afar_output_other_version")
-    exec(compile(source, "<afar output, other version>", "exec"), other.__dict__)
+    other.active_captures = routing.active_captures  # what its import line would bind
+    exec(compile(output_source, "<afar output, other version>", "exec"), other.__dict__)
+    routing.install_routers()
     depths = []
-    for i in range(rounds):
-        with other.capture_output(topic, keys[2 * i], LABEL):
-            print(f"other {i}")
-        with capture_output(topic, keys[2 * i + 1], LABEL):
-            print(f"this {i}")
-        stream, depth = sys.stdout, 0
-        while stream is not None:
-            depth += 1
-            stream = vars(stream).get("_afar_inner") if hasattr(stream, "__dict__") else None
-        depths.append(depth)
+    try:
+        for i in range(rounds):
+            with other.capture_output(topic, keys[2 * i], LABEL):
+                print(f"other {i}")
+            with capture_output(topic, keys[2 * i + 1], LABEL):
+                print(f"this {i}")
+            stream, depth = sys.stdout, 0
+            while stream is not None:
+                depth += 1
+                stream = vars(stream).get("_afar_inner") if hasattr(stream, "__dict__") else None
+            depths.append(depth)
+    finally:
+        routing.remove_routers()
     return depths
 
 
@@ -466,10 +488,14 @@ def test_workers_need_no_afar(client: Client) -> None:
 
 
 def test_two_router_versions_share_a_worker(client: Client) -> None:
-    source = Path(afar._worker.output.__file__).read_text()
-    version = f"\n_ROUTER_VERSION = {afar._worker.output._ROUTER_VERSION}\n"
+    source = Path(afar._worker.routing.__file__).read_text()
+    version = f"\n_ROUTER_VERSION = {afar._worker.routing._ROUTER_VERSION}\n"
     assert version in source
-    other = source.replace(version, "\n_ROUTER_VERSION = 1_000\n")
+    other_routing = source.replace(version, "\n_ROUTER_VERSION = 1_000\n")
+    output_source = Path(afar._worker.output.__file__).read_text()
+    routing_import = "\nfrom afar._worker.routing import active_captures\n"
+    assert routing_import in output_source
+    other_output = output_source.replace(routing_import, "\n")
     rounds = 4
     router = router_for(client)
     keys = [f"afar-test-{uuid.uuid4().hex}" for _ in range(2 * rounds)]
@@ -477,7 +503,16 @@ def test_two_router_versions_share_a_worker(client: Client) -> None:
     for key, sink in zip(keys, sinks):
         router.register(key, sink)
     try:
-        future = submit(client, two_versions, topic_for(client), keys, other, rounds, pure=False)
+        future = submit(
+            client,
+            two_versions,
+            topic_for(client),
+            keys,
+            other_routing,
+            other_output,
+            rounds,
+            pure=False,
+        )
         depths = future.result(timeout=WAIT)
     finally:
         for key in keys:
@@ -497,10 +532,8 @@ def worker_streams() -> list[str]:
 def test_the_worker_plugin_installs_the_routers_and_its_teardown_keeps_others(
     client: Client,
 ) -> None:
-    from afar._shipping import ensure_runtime
     from afar._worker.runtime import Runtime
 
-    ensure_runtime(client)  # afar's own plugin, as a client's first block registers it
     name = f"afar-test-{uuid.uuid4().hex}"
     client.register_plugin(Runtime({}), name=name)
     try:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import sys
 
-from afar._worker.output import install_routers, remove_routers
+from afar._worker.routing import active_captures, install_routers, remove_routers
 
 
 def test_install_and_remove_restore_the_streams() -> None:
@@ -48,3 +49,20 @@ def test_remove_without_install_does_nothing() -> None:
     stdout = sys.stdout
     remove_routers()
     assert sys.stdout is stdout
+
+
+def test_captures_exist_only_between_install_and_remove() -> None:
+    """No plugin, no redirect: a capture in a process whose plugin never ran records nothing."""
+    stdout = sys.stdout
+    assert active_captures() is None
+    assert sys.stdout is stdout  # asking installs nothing
+    install_routers()
+    try:
+        assert active_captures() == {}
+        replaced = sys.stdout = io.StringIO()  # something else took the stream since
+        assert active_captures() == {}
+        assert sys.stdout.__dict__["_afar_inner"] is replaced  # the router stands in front again
+    finally:
+        sys.stdout = stdout
+        remove_routers()
+    assert active_captures() is None
