@@ -137,6 +137,6 @@ def _waiting_indicator(label: str) -> contextlib.AbstractContextManager[None]:
     """In a Jupyter kernel, the cell shows while afar.get waits that the block runs remotely."""
     if _ipython.shell() is None:
         return contextlib.nullcontext()
-    from afar._ipython.cells import waiting_indicator
+    from afar._ipython.indicator import waiting_indicator
 
     return waiting_indicator(label)

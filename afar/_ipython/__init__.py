@@ -1,5 +1,12 @@
-"""IPython and Jupyter: the ``%%afar``/``%afar`` magics (``magics``) and each block's output in
-the notebook cell that ran it (``cells``).
+"""IPython and Jupyter.
+
+- ``magics``: the ``%%afar``/``%afar`` magics, with their options in ``options`` (one table for
+  parsing, checks and help);
+- ``cells``: each block's output in the notebook cell that ran it, also after the cell ended;
+- ``rendering``: what that output looks like (text, bundles, HTML), pure and tested without a
+  kernel;
+- ``indicator``: "running on the cluster" while afar.get waits in a cell;
+- ``kernel``: putting output in a cell from any thread.
 
 afar never imports IPython itself: these modules are imported when IPython is already running
 (a magic is loaded, or a block is submitted from a kernel), which ``shell()`` tells.

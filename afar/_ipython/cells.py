@@ -40,61 +40,31 @@ the cell has finished.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import html
-import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any
 
-from afar._ipython import shell as running_shell
+from afar._ipython.kernel import current_stream, display_bundle, in_empty_context, kernel_shell
+from afar._ipython.rendering import (
+    EMPTY_BUNDLE,
+    as_bundle,
+    line_bundle,
+    progress_html,
+    render,
+    shown_line,
+    shown_text,
+)
 from afar._stream import NOTICE_PREFIX, progress_text
-from afar._worker.protocol import STDERR, STDOUT
+from afar._worker.protocol import STDERR
 
-__all__ = ["CellSink", "sink_for_block", "waiting_indicator"]
+__all__ = ["CellSink", "sink_for_block"]
 
-# A waiting afar.get shows its indicator only after this long: quick blocks do not flicker.
-INDICATOR_DELAY_SECONDS = 0.5
 # Late output of a cell updates its display at most this often (ipykernel flushes its streams
 # every 0.2 s too): each update carries the whole text, so a flood must not send it every batch.
 UPDATE_INTERVAL_SECONDS = 0.2
 # Characters of late output a cell's display shows at most; the rest is counted in a notice.
 LATE_OUTPUT_LIMIT = 500_000
-# Jupyter's own rendering of stderr, for stderr text inside an HTML display.
-STDERR_HTML_STYLE = (
-    "background-color: var(--jp-rendermime-error-background, #fdd); margin: 0; padding: 1px 4px"
-)
-STDOUT_HTML_STYLE = "margin: 0; padding: 1px 4px"
-# MIME type that JupyterLab renders the way it renders a stderr stream.
-STDERR_MIME = "application/vnd.jupyter.stderr"
-EMPTY_BUNDLE: dict[str, str] = {}
-
-
-def _kernel_shell() -> Any:
-    """The running IPython shell if it belongs to a kernel (Jupyter), else None."""
-    shell = running_shell()
-    if shell is None or getattr(shell, "kernel", None) is None:
-        return None
-    return shell
-
-
-def _in_empty_context(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call ``function`` where no contextvar is set: ipykernel then uses the running request."""
-    return contextvars.Context().run(function, *args, **kwargs)
-
-
-def _display(bundle: dict[str, Any], **kwargs: Any) -> Any:
-    from IPython.display import display
-
-    return display(bundle, raw=True, **kwargs)
-
-
-def _stream(name: str) -> Any:
-    # Looked up at every write: %%capture and redirect_stdout replace the stream while a cell runs.
-    return sys.stdout if name == STDOUT else sys.stderr
 
 
 class _Cell:
@@ -144,7 +114,7 @@ class _Tracker:
             open_sinks = [sink for sink in cell.sinks if not sink.closed]
             cell.sinks.clear()
             if open_sinks:
-                late = _LateOutput(_display(EMPTY_BUNDLE, display_id=True))
+                late = _LateOutput(display_bundle(EMPTY_BUNDLE, display_id=True))
                 for sink in open_sinks:
                     sink.late = late
 
@@ -191,7 +161,7 @@ class _LateOutput:
         else:
             self.segments.append([owner, stream, [text]])
 
-    def add_display(self, owner: object, bundle: dict[str, Any]) -> list[Any]:
+    def adddisplay_bundle(self, owner: object, bundle: dict[str, Any]) -> list[Any]:
         """Add a bundle; the segment returned may have its bundle (``[2]``) replaced later."""
         segment = [owner, "display", bundle]
         self.segments.append(segment)
@@ -203,7 +173,7 @@ class _LateOutput:
             if kind == "display":
                 segments.append((kind, data))
                 continue
-            text = _shown_text("".join(data))
+            text = shown_text("".join(data))
             following = self.segments[index + 1] if index + 1 < len(self.segments) else None
             if following is not None and following[0] is not owner and not text.endswith("\n"):
                 text += "\n"  # another block's output follows: do not glue it to this line
@@ -235,7 +205,7 @@ class _LateOutput:
         self.sent_at = time.monotonic()
         if tracker.current is None:
             tracker.stale.add(self)
-        _in_empty_context(self.handle.update, self.bundle(), raw=True)
+        in_empty_context(self.handle.update, self.bundle(), raw=True)
 
 
 class CellSink:
@@ -268,20 +238,20 @@ class CellSink:
                 # but for a line the block keeps rewriting with carriage returns.
                 plain = self._lines.write(stream, text)
                 if plain:
-                    _in_empty_context(_stream(stream).write, plain)
+                    in_empty_context(current_stream(stream).write, plain)
             else:
                 late.add_text(self, stream, text)
                 late.changed(self._tracker)
 
     def display(self, payload: Any) -> None:
         """Show a block's final value: ``payload`` is a mimebundle computed on the worker."""
-        bundle = _as_bundle(payload)
+        bundle = as_bundle(payload)
         with self._tracker.lock:
             late = self.late
             if late is None:
-                _in_empty_context(_display, bundle)
+                in_empty_context(display_bundle, bundle)
             else:
-                late.add_display(self, bundle)
+                late.adddisplay_bundle(self, bundle)
                 late.changed(self._tracker)
 
     def progress(self, label: str, counts: dict[str, Any]) -> None:
@@ -292,16 +262,16 @@ class CellSink:
         counts stay as a summary.
         """
         line = progress_text(label, counts)
-        bundle = {"text/plain": line, "text/html": _progress_html(label, counts)}
+        bundle = {"text/plain": line, "text/html": progress_html(label, counts)}
         with self._tracker.lock:
             late = self.late
             if self._progress is not None:
-                _in_empty_context(self._progress.update, bundle, raw=True)
+                in_empty_context(self._progress.update, bundle, raw=True)
             elif late is None:
-                self._progress = _in_empty_context(_display, bundle, display_id=True)
+                self._progress = in_empty_context(display_bundle, bundle, display_id=True)
             else:
                 if self._late_progress is None:
-                    self._late_progress = late.add_display(self, bundle)
+                    self._late_progress = late.adddisplay_bundle(self, bundle)
                 else:
                     self._late_progress[2] = bundle
                 if counts.get("end"):
@@ -339,23 +309,10 @@ def sink_for_block(label: str) -> CellSink | None:
     >>> if sink is not None:  # doctest: +SKIP
     ...     router_for(client).register(key, sink)
     """
-    shell = _kernel_shell()
+    shell = kernel_shell()
     if shell is None:
         return None
     return CellSink(tracker_for(shell), label)
-
-
-def _progress_html(label: str, counts: dict[str, Any]) -> str:
-    done, total = int(counts.get("done", 0)), int(counts.get("total", 0))
-    computations = int(counts.get("computations", 1))
-    more = f", {computations} computations" if computations > 1 else ""
-    share = done / total if total > 0 else 0.0
-    return (
-        f'<div style="font-family: var(--jp-code-font-family, monospace)">'
-        f"<code>{html.escape(label)}</code> "
-        f'<progress value="{done}" max="{max(total, 1)}" style="vertical-align: middle"></progress>'
-        f" {done:,} / {total:,} tasks ({share:.0%}{html.escape(more)})</div>"
-    )
 
 
 class _OverwrittenLines:
@@ -378,8 +335,8 @@ class _OverwrittenLines:
             line, newline, rest = text.partition("\n")
             line = current[1] + line
             # Only what the line shows is kept: a bar updated for hours stays one line's worth.
-            current[1] = _shown_line(line) + ("\r" if line.endswith("\r") else "")
-            _in_empty_context(current[0].update, _line_bundle(stream, current[1]), raw=True)
+            current[1] = shown_line(line) + ("\r" if line.endswith("\r") else "")
+            in_empty_context(current[0].update, line_bundle(stream, current[1]), raw=True)
             if not newline:
                 return ""
             del self._open[stream]
@@ -387,153 +344,6 @@ class _OverwrittenLines:
         head, newline, tail = text.rpartition("\n")
         if "\r" not in tail:
             return text
-        handle = _in_empty_context(_display, _line_bundle(stream, tail), display_id=True)
+        handle = in_empty_context(display_bundle, line_bundle(stream, tail), display_id=True)
         self._open[stream] = [handle, tail]
         return head + newline
-
-
-def _shown_line(line: str) -> str:
-    """What a terminal shows of ``line`` after its carriage returns: the last full rewrite."""
-    parts = [part for part in line.split("\r") if part]
-    if not parts:
-        return ""
-    shown = parts[-1]
-    # A shorter rewrite leaves the end of the longer text before it on a terminal.
-    for part in reversed(parts[:-1]):
-        if len(part) > len(shown):
-            shown += part[len(shown) :]
-    return shown
-
-
-def _shown_text(text: str) -> str:
-    """``text`` with each line as a terminal shows it after its carriage returns."""
-    if "\r" not in text:
-        return text
-    return "\n".join(_shown_line(line) for line in text.split("\n"))
-
-
-def _line_bundle(stream: str, line: str) -> dict[str, str]:
-    shown = _shown_line(line)
-    if stream == STDERR:
-        return {STDERR_MIME: shown, "text/plain": shown}
-    return {"text/plain": shown}
-
-
-def _as_bundle(payload: Any) -> dict[str, Any]:
-    if isinstance(payload, dict) and payload and all(isinstance(k, str) for k in payload):
-        return payload
-    return {"text/plain": repr(payload)}
-
-
-# -- rendering late output ----------------------------------------------------------------
-def render(segments: list[tuple[str, Any]]) -> dict[str, Any]:
-    """One mimebundle for a sequence of ``(kind, data)``: stdout/stderr text and bundles.
-
-    Text of one stream alone stays text (stderr with the MIME type JupyterLab styles as
-    stderr); a single bundle stays that bundle; a mix becomes HTML with stderr styled as
-    Jupyter does, with a ``text/plain`` version of everything.
-
-    Examples
-    --------
-    >>> render([("stdout", "hello\\n")])
-    {'text/plain': 'hello\\n'}
-    """
-    if not segments:
-        return dict(EMPTY_BUNDLE)
-    kinds = {kind for kind, _ in segments}
-    if kinds == {"display"} and len(segments) == 1:
-        return dict(segments[0][1])
-    if kinds == {STDOUT}:
-        return {"text/plain": "".join(text for _, text in segments)}
-    if kinds == {STDERR}:
-        text = "".join(text for _, text in segments)
-        return {STDERR_MIME: text, "text/plain": text}
-    plain: list[str] = []
-    rich: list[str] = []
-    for kind, data in segments:
-        if kind == "display":
-            text = str(data.get("text/plain", ""))
-            plain.append(text if text.endswith("\n") or not text else text + "\n")
-            rich.append(_bundle_html(data))
-        else:
-            plain.append(data)
-            style = STDERR_HTML_STYLE if kind == STDERR else STDOUT_HTML_STYLE
-            rich.append(f'<pre style="{style}">{html.escape(data)}</pre>')
-    return {"text/html": "\n".join(rich), "text/plain": "".join(plain)}
-
-
-def _bundle_html(bundle: dict[str, Any]) -> str:
-    """The HTML of a mimebundle: its own, an embedded image, or its escaped plain text."""
-    if isinstance(bundle.get("text/html"), str):
-        return bundle["text/html"]
-    for mime in ("image/png", "image/jpeg"):
-        if isinstance(bundle.get(mime), str):
-            return f'<img src="data:{mime};base64,{bundle[mime]}">'
-    if isinstance(bundle.get("image/svg+xml"), str):
-        return bundle["image/svg+xml"]
-    return f"<pre>{html.escape(str(bundle.get('text/plain', '')))}</pre>"
-
-
-# -- the waiting indicator ----------------------------------------------------------------
-class _Indicator:
-    """A display saying that a block runs on the cluster, emptied when the wait ends."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.lock = threading.Lock()
-        self.handle: Any = None
-        self.stopped = False
-        self.since = time.strftime("%H:%M:%S")
-        # The waiting cell's context: the indicator is the cell's output, shown from a timer.
-        self.context = contextvars.copy_context()
-        self.timer = threading.Timer(INDICATOR_DELAY_SECONDS, self.show)
-        self.timer.daemon = True
-
-    def bundle(self) -> dict[str, str]:
-        since = self.since
-        label = html.escape(self.label)
-        return {
-            "text/plain": f"{NOTICE_PREFIX}{self.label} running on the cluster (since {since})",
-            "text/html": (
-                f'<span style="opacity: 0.7">&#x23F3; <code>{label}</code> running on the '
-                f"cluster (since {since})&hellip;</span>"
-            ),
-        }
-
-    def __enter__(self) -> _Indicator:
-        self.timer.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def show(self) -> None:
-        with self.lock:
-            if not self.stopped:
-                self.handle = self.context.run(_display, self.bundle(), display_id=True)
-
-    def stop(self) -> None:
-        self.timer.cancel()
-        with self.lock:
-            self.stopped = True
-            if self.handle is not None:
-                # No message can remove an output: an empty one is drawn as nothing.
-                self.handle.update(EMPTY_BUNDLE, raw=True)
-
-
-def waiting_indicator(label: str) -> contextlib.AbstractContextManager[Any]:
-    """Show, while the body waits, that the block ``label`` runs on the cluster (in Jupyter).
-
-    The indicator appears once the wait has lasted ``INDICATOR_DELAY_SECONDS``, in the cell
-    that waits, and is emptied when the wait ends, however it ends: the saved notebook keeps
-    an empty output (drawn as nothing) in its place. Outside a Jupyter kernel, or away from the
-    kernel's main thread, it does nothing.
-
-    Examples
-    --------
-    >>> with waiting_indicator("123.py:1"):  # doctest: +SKIP
-    ...     values = future.result()
-    """
-    if _kernel_shell() is None or threading.current_thread() is not threading.main_thread():
-        return contextlib.nullcontext()
-    return _Indicator(label)

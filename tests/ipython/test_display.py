@@ -12,15 +12,10 @@ import html
 import pytest
 from ipython_helpers import ok
 
-from afar._ipython import cells as _display
-from afar._ipython.cells import (
-    LATE_OUTPUT_LIMIT,
-    STDERR_MIME,
-    CellSink,
-    _Tracker,
-    render,
-    waiting_indicator,
-)
+from afar._ipython import cells, indicator, kernel
+from afar._ipython.cells import LATE_OUTPUT_LIMIT, CellSink, _Tracker
+from afar._ipython.indicator import waiting_indicator
+from afar._ipython.rendering import STDERR_MIME, render
 from afar._worker.protocol import STDERR, STDOUT
 
 # Longest wait for something a timer thread does.
@@ -141,7 +136,7 @@ def test_update_sent_between_cells_is_sent_again_when_the_next_cell_starts(
 
 
 def test_floods_update_at_a_bounded_rate(tracker, in_cell, recorder, monkeypatch):
-    monkeypatch.setattr(_display, "UPDATE_INTERVAL_SECONDS", 0.05)
+    monkeypatch.setattr(cells, "UPDATE_INTERVAL_SECONDS", 0.05)
     sink = in_cell(lambda: CellSink(tracker, "x.py:1"))
 
     def flood():
@@ -187,8 +182,8 @@ def test_first_use_outside_a_cell_does_not_leave_a_cell_running(shell, recorder)
 
 
 def test_indicator_shows_while_waiting_and_empties(shell, recorder, monkeypatch):
-    monkeypatch.setattr(_display, "_kernel_shell", lambda: shell)
-    monkeypatch.setattr(_display, "INDICATOR_DELAY_SECONDS", 0.01)
+    monkeypatch.setattr(kernel, "kernel_shell", lambda: shell)
+    monkeypatch.setattr(indicator, "INDICATOR_DELAY_SECONDS", 0.01)
     with waiting_indicator("x.py:7"):
         assert recorder.wait_for(lambda m: len(m) == 1, EVENT_TIMEOUT_SECONDS)
     shown, emptied = recorder.messages
@@ -197,15 +192,15 @@ def test_indicator_shows_while_waiting_and_empties(shell, recorder, monkeypatch)
 
 
 def test_quick_waits_show_no_indicator(shell, recorder, monkeypatch):
-    monkeypatch.setattr(_display, "_kernel_shell", lambda: shell)
+    monkeypatch.setattr(kernel, "kernel_shell", lambda: shell)
     with waiting_indicator("x.py:7"):
         pass
     assert recorder.messages == []
 
 
 def test_indicator_is_emptied_when_the_wait_fails(shell, recorder, monkeypatch):
-    monkeypatch.setattr(_display, "_kernel_shell", lambda: shell)
-    monkeypatch.setattr(_display, "INDICATOR_DELAY_SECONDS", 0.01)
+    monkeypatch.setattr(kernel, "kernel_shell", lambda: shell)
+    monkeypatch.setattr(indicator, "INDICATOR_DELAY_SECONDS", 0.01)
     with pytest.raises(KeyboardInterrupt), waiting_indicator("x.py:7"):
         assert recorder.wait_for(lambda m: len(m) == 1, EVENT_TIMEOUT_SECONDS)
         raise KeyboardInterrupt

@@ -21,7 +21,8 @@ from ipython_helpers import ok, run
 import afar
 from afar._ipython import magics as _magic
 from afar._ipython import options as _options
-from afar._ipython.cells import sink_for_block, waiting_indicator
+from afar._ipython.cells import sink_for_block
+from afar._ipython.indicator import waiting_indicator
 from afar._ipython.magics import RESULT_NAME, run_for
 from afar._ipython.options import _OPTIONS, Settings
 

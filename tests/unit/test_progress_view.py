@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import afar
-from afar._ipython.cells import _shown_line, _shown_text
+from afar._ipython.rendering import shown_line, shown_text
 from afar._stream import DefaultSink, OutputRouter, progress_text
 from afar._worker.protocol import PROGRESS, PROTOCOL, STDERR, STDOUT
 
@@ -121,11 +121,11 @@ def test_the_default_sink_draws_one_line_on_a_terminal(monkeypatch) -> None:
     ],
 )
 def test_a_rewritten_line_shows_as_on_a_terminal(line: str, shown: str) -> None:
-    assert _shown_line(line) == shown
+    assert shown_line(line) == shown
 
 
 def test_rewritten_lines_in_late_output() -> None:
-    assert _shown_text("a\r b\nc\rdd\n") == " b\ndd\n"
+    assert shown_text("a\r b\nc\rdd\n") == " b\ndd\n"
 
 
 def test_the_progress_option() -> None:
