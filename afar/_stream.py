@@ -27,13 +27,13 @@ any client. Quiet blocks send nothing.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
+from afar._sinks import DefaultSink, Sink, dropped_notice, limit_notice, restart_notice
 from afar._worker.protocol import (
     DISPLAY,
     DROPPED,
@@ -42,30 +42,15 @@ from afar._worker.protocol import (
     PROGRESS,
     PROTOCOL,
     STDERR,
-    STDOUT,
     TEXT_KINDS,
 )
 
 if TYPE_CHECKING:
     from distributed import Client
 
-__all__ = [
-    "DefaultSink",
-    "OutputRouter",
-    "Sink",
-    "failure_report",
-    "print_plain",
-    "progress_text",
-    "report_failure",
-    "restart_notice",
-    "router_for",
-    "silence",
-    "topic_for",
-]
+__all__ = ["OutputRouter", "router_for", "silence", "topic_for"]
 
 TOPIC_PREFIX = "afar-output-"
-# Starts every line afar itself writes among a block's output.
-NOTICE_PREFIX = "[afar] "
 # Attempt tokens remembered per block: enough for any sensible `retries=`.
 MAX_ATTEMPTS = 16
 # Blocks without a sink remembered for restart notices.
@@ -74,159 +59,9 @@ MAX_UNREGISTERED = 256
 logger = logging.getLogger(__name__)
 
 
-class Sink(Protocol):
-    """Where one block's output goes on the client. Called on the client's event loop: be quick."""
-
-    def write(self, stream: str, text: str) -> None:
-        """Write ``text`` (any number of lines, maybe partial) to ``STDOUT`` or ``STDERR``."""
-
-    def display(self, payload: Any) -> None:
-        """Show a payload the block sent with ``Emitter.send(DISPLAY, ...)``, e.g. a mimebundle."""
-
-    # Optional: ``progress(label, counts)`` shows the counts of the block's Dask work
-    # (``afar._worker.progress``); a sink without it shows none.
-
-
-def print_plain(payload: Any) -> None:
-    """Default display hook: print a mimebundle's ``text/plain`` entry (or the payload)."""
-    text = payload.get("text/plain") if isinstance(payload, dict) else None
-    print(payload if text is None else text, file=sys.stdout, flush=True)
-
-
-class DefaultSink:
-    """Writes to this process's current ``sys.stdout``/``sys.stderr``; displays through a hook.
-
-    Parameters
-    ----------
-    display_hook
-        Called with each display payload; ``print_plain`` by default.
-
-    Examples
-    --------
-    >>> router_for(client).default_sink = DefaultSink(IPython.display.display)  # doctest: +SKIP
-    """
-
-    def __init__(self, display_hook: Callable[[Any], None] | None = None) -> None:
-        self.display_hook = display_hook or print_plain
-        # The progress line drawn last on a terminal's stderr, and not ended yet.
-        self._progress_line = ""
-
-    def write(self, stream: str, text: str) -> None:
-        if self._progress_line:
-            self._clear_progress()
-        # Looked up at every write: whoever replaced sys.stdout since (pytest, IPython) gets it.
-        file = sys.stdout if stream == STDOUT else sys.stderr
-        file.write(text)
-        # Flushed so that output shows while the block runs even when stdout is a pipe.
-        file.flush()
-
-    def display(self, payload: Any) -> None:
-        if self._progress_line:
-            self._clear_progress()
-        self.display_hook(payload)
-
-    def progress(self, label: str, counts: dict[str, Any]) -> None:
-        """Draw the block's progress on one line of stderr, if it is a terminal."""
-        if not _is_terminal(sys.stderr):
-            return
-        line = progress_text(label, counts)
-        end = bool(counts.get("end"))
-        sys.stderr.write(f"\r{line}\x1b[K" + ("\n" if end else ""))
-        sys.stderr.flush()
-        self._progress_line = "" if end else line
-
-    def end_progress(self) -> None:
-        """End the progress line drawn last, keeping it: what follows starts on a new line."""
-        if self._progress_line:
-            self._progress_line = ""
-            if _is_terminal(sys.stderr):
-                sys.stderr.write("\n")
-                sys.stderr.flush()
-
-    def _clear_progress(self) -> None:
-        # The block's own output goes where the progress line was; the next update redraws it.
-        self._progress_line = ""
-        if _is_terminal(sys.stderr):
-            sys.stderr.write("\r\x1b[K")
-            sys.stderr.flush()
-
-
-def _is_terminal(file: Any) -> bool:
-    try:
-        return bool(file.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-PROGRESS_BAR_WIDTH = 24
-
-
-def progress_text(label: str, counts: dict[str, Any]) -> str:
-    """One line telling how far a block's Dask work has come.
-
-    Examples
-    --------
-    >>> progress_text("x.py:3", {"done": 100, "total": 400, "computations": 1})
-    '[afar] x.py:3 [######------------------] 100/400 tasks (25%)'
-    """
-    done, total = int(counts.get("done", 0)), int(counts.get("total", 0))
-    share = done / total if total > 0 else 0.0
-    filled = round(share * PROGRESS_BAR_WIDTH)
-    bar = "#" * filled + "-" * (PROGRESS_BAR_WIDTH - filled)
-    computations = int(counts.get("computations", 1))
-    more = f", {computations} computations" if computations > 1 else ""
-    return f"{NOTICE_PREFIX}{label} [{bar}] {done:,}/{total:,} tasks ({share:.0%}{more})"
-
-
 def topic_for(client: Client) -> str:
     """The event topic carrying the output of ``client``'s blocks."""
     return TOPIC_PREFIX + client.id
-
-
-def restart_notice(label: str, worker: str) -> str:
-    """The line telling that output from here on comes from a new attempt of a block."""
-    return f"{NOTICE_PREFIX}{label} restarted on {worker}\n"
-
-
-def report_failure(label: str, text: str) -> None:
-    """Print a report of a failed block to this process's stderr, each line prefixed.
-
-    Parameters
-    ----------
-    label
-        The block's label, such as ``"script.py:12"``.
-    text
-        What to report, typically a formatted traceback.
-
-    Examples
-    --------
-    >>> report_failure("script.py:12", "ZeroDivisionError: division by zero")  # doctest: +SKIP
-    [afar] script.py:12 failed:
-    [afar]   ZeroDivisionError: division by zero
-    """
-    sys.stderr.write(failure_report(label, text))
-    sys.stderr.flush()
-
-
-def failure_report(label: str, text: str) -> str:
-    """The text ``report_failure`` prints: each line prefixed, the first naming the block."""
-    lines = [f"{NOTICE_PREFIX}{label} failed:"]
-    lines += [f"{NOTICE_PREFIX}  {line}" for line in text.rstrip("\n").splitlines()]
-    return "\n".join(lines) + "\n"
-
-
-def _limit_notice(label: str, data: dict[str, Any]) -> str:
-    return (
-        f"{NOTICE_PREFIX}{label}: output reached the limit of {data.get('chars', 0):,} "
-        "characters; the rest is not sent (it still goes to the worker's own output)\n"
-    )
-
-
-def _dropped_notice(label: str, data: dict[str, Any]) -> str:
-    return (
-        f"{NOTICE_PREFIX}{label}: dropped {data.get('chars', 0):,} characters "
-        f"({data.get('lines', 0):,} lines) of output past the limit\n"
-    )
 
 
 class _Block:
@@ -383,9 +218,9 @@ def _deliver(sink: Sink, label: str, items: Iterable[Any]) -> None:
         elif kind == NOTICE:
             sink.write(STDERR, data)
         elif kind == LIMIT:
-            sink.write(STDERR, _limit_notice(label, data))
+            sink.write(STDERR, limit_notice(label, data))
         elif kind == DROPPED:
-            sink.write(STDERR, _dropped_notice(label, data))
+            sink.write(STDERR, dropped_notice(label, data))
         elif kind == PROGRESS:
             progress = getattr(sink, "progress", None)
             if progress is not None and isinstance(data, dict):

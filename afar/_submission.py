@@ -25,7 +25,8 @@ from distributed import Future
 from afar import _ipython, _modules, _remote
 from afar._locations import Location
 from afar._shipping import ensure_runtime
-from afar._stream import OutputRouter, Sink, failure_report, report_failure, router_for
+from afar._sinks import Sink, failure_report, report_failure
+from afar._stream import OutputRouter, router_for
 from afar._tracebacks import shown_from_block
 from afar._variables import Entry, bind_results, names_in, seeds
 from afar._worker.output import STDERR, stream_identity

@@ -55,7 +55,7 @@ from afar._ipython.rendering import (
     shown_line,
     shown_text,
 )
-from afar._stream import NOTICE_PREFIX, progress_text
+from afar._sinks import NOTICE_PREFIX, progress_text
 from afar._worker.protocol import STDERR
 
 __all__ = ["CellSink", "sink_for_block"]

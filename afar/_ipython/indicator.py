@@ -11,7 +11,7 @@ from typing import Any
 
 from afar._ipython import kernel
 from afar._ipython.rendering import EMPTY_BUNDLE
-from afar._stream import NOTICE_PREFIX
+from afar._sinks import NOTICE_PREFIX
 
 # A waiting afar.get shows its indicator only after this long: quick blocks do not flicker.
 INDICATOR_DELAY_SECONDS = 0.5

@@ -19,7 +19,8 @@ from distributed import Client, Event
 import afar._worker.output
 import afar._worker.routing
 from afar._shipping import ensure_runtime
-from afar._stream import restart_notice, router_for, topic_for
+from afar._sinks import restart_notice
+from afar._stream import router_for, topic_for
 from afar._worker.output import (
     BATCH_MAX_CHARS,
     BATCH_SECONDS,

@@ -10,7 +10,8 @@ import pytest
 
 import afar
 from afar._ipython.rendering import shown_line, shown_text
-from afar._stream import DefaultSink, OutputRouter, progress_text
+from afar._sinks import DefaultSink, progress_text
+from afar._stream import OutputRouter
 from afar._worker.protocol import PROGRESS, PROTOCOL, STDERR, STDOUT
 
 LABEL = "script.py:12"

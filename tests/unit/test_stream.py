@@ -10,15 +10,8 @@ from typing import Any
 
 import pytest
 
-from afar._stream import (
-    MAX_UNREGISTERED,
-    DefaultSink,
-    OutputRouter,
-    report_failure,
-    restart_notice,
-    router_for,
-    topic_for,
-)
+from afar._sinks import DefaultSink, report_failure, restart_notice
+from afar._stream import MAX_UNREGISTERED, OutputRouter, router_for, topic_for
 from afar._worker.protocol import (
     DISPLAY,
     DROPPED,
