@@ -19,6 +19,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 from distributed import Client, Event, LocalCluster
 
@@ -36,7 +37,12 @@ def trivial(location: afar.Location) -> float:
     return time.perf_counter() - start
 
 
+def new_event_name() -> str:
+    return f"afar-bench-{os.urandom(8).hex()}"
+
+
 def long_block(runner: afar.Run, location: afar.Location, started: str) -> list:
+    """A minute of Python lines that sets the Event ``started`` first; what it bound (if any)."""
     with runner, location:
         from time import sleep
 
@@ -50,30 +56,26 @@ def long_block(runner: afar.Run, location: afar.Location, started: str) -> list:
     return [bound["result"]] if "result" in bound else []
 
 
-def stopped_by(
-    client: Client, location: afar.Location, how: str
-) -> tuple[float, Callable[[], None]]:
-    """Start a long block; the moment of the stop and what stops it."""
-    started = f"afar-bench-{os.urandom(8).hex()}"
+def stopped_by(client: Client, location: afar.Location, how: str) -> tuple[float, afar.Run]:
+    """Start a long block with afar.run; the moment of the stop, and the Run (kept alive)."""
+    started = new_event_name()
     runner = afar.run()
     futures = long_block(runner, location, started)
     assert Event(started, client=client).wait(STARTED_TIMEOUT)
+    moment = time.perf_counter()
     if how == "run.cancel()":
-        moment = time.perf_counter()
         runner.cancel()
     elif how == "future.cancel()":
-        moment = time.perf_counter()
         futures[0].cancel()
     elif how == "last reference dropped":
-        moment = time.perf_counter()
         del futures[:]  # by reference counting, at once: no gc.collect() needed
     else:
         raise ValueError(how)
-    return moment, runner.cancel
+    return moment, runner
 
 
-def ctrl_c(client: Client, location: afar.Location) -> float:
-    started = f"afar-bench-{os.urandom(8).hex()}"
+def ctrl_c(client: Client, location: afar.Location) -> tuple[float, None]:
+    started = new_event_name()
     sent: list[float] = []
 
     def press() -> None:
@@ -85,38 +87,36 @@ def ctrl_c(client: Client, location: afar.Location) -> float:
     presser = threading.Thread(target=press)
     presser.start()
     try:
-        with afar.get, location:
-            from time import sleep
-
-            import distributed
-
-            distributed.Event(started).set()
-            for _step in range(STEPS):
-                sleep(0.01)
-            result = True  # noqa: F841
+        long_block(afar.get, location, started)
     except KeyboardInterrupt:
         pass
     presser.join()
-    return sent[0]
+    return sent[0], None
 
 
-def get_timeout(location: afar.Location, seconds: float) -> float:
+def get_timeout(location: afar.Location, seconds: float) -> tuple[float, None]:
     start = time.perf_counter()
     try:
-        with afar.get(timeout=seconds), location:
-            from time import sleep
-
-            for _step in range(STEPS):
-                sleep(0.01)
-            result = True  # noqa: F841
+        long_block(afar.get(timeout=seconds), location, new_event_name())
     except TimeoutError:
         pass
-    return start + seconds
+    return start + seconds, None
+
+
+def then_next_block(location: afar.Location, stop: Callable[[], tuple[float, object]]) -> float:
+    """Stop a block, then run a trivial next block at once: the time from the stop to its result.
+
+    ``stop`` gives the moment of the stop and what must stay alive until the next block has run
+    (the Run of a block whose Future was dropped: only the Future's drop may stop the block).
+    """
+    moment, _alive = stop()
+    trivial(location)
+    return time.perf_counter() - moment
 
 
 def remote_limit(client: Client, seconds: float) -> float:
     """The moment of the limit: the block's start on the worker (told by an Event) + limit."""
-    started = f"afar-bench-{os.urandom(8).hex()}"
+    started = new_event_name()
     limited = afar.remotely(client=client, secede=False, timeout=seconds)
     moments: list[float] = []
 
@@ -127,15 +127,7 @@ def remote_limit(client: Client, seconds: float) -> float:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        with afar.get, limited:
-            from time import sleep
-
-            import distributed
-
-            distributed.Event(started).set()
-            for _step in range(STEPS):
-                sleep(0.01)
-            result = True  # noqa: F841
+        long_block(afar.get, limited, started)
     except TimeoutError:
         pass
     raised = time.perf_counter()
@@ -157,24 +149,25 @@ def main() -> None:
         location = afar.remotely(client=client, secede=False)
         for _ in range(3):
             trivial(location)  # warm-up
-        results: dict[str, list[float]] = {}
+        # Each way of stopping: one measurement of its delay. Run in this order, each repeat.
+        ways: dict[str, Callable[[], float]] = {
+            how: partial(then_next_block, location, partial(stopped_by, client, location, how))
+            for how in ("run.cancel()", "future.cancel()", "last reference dropped")
+        }
+        ways["Ctrl-C in afar.get"] = partial(
+            then_next_block, location, partial(ctrl_c, client, location)
+        )
+        ways["afar.get(timeout=...)"] = partial(
+            then_next_block, location, partial(get_timeout, location, 0.5)
+        )
+        ways["remotely(timeout=...) until afar.get raises"] = partial(remote_limit, client, 0.5)
+        results: dict[str, list[float]] = {how: [] for how in ways}
         idle: list[float] = []
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for _ in range(repeats):
             idle.append(trivial(location))
-            for how in ("run.cancel()", "future.cancel()", "last reference dropped"):
-                moment, _ = stopped_by(client, location, how)
-                trivial(location)
-                results.setdefault(how, []).append(time.perf_counter() - moment)
-            moment = ctrl_c(client, location)
-            trivial(location)
-            results.setdefault("Ctrl-C in afar.get", []).append(time.perf_counter() - moment)
-            moment = get_timeout(location, 0.5)
-            trivial(location)
-            results.setdefault("afar.get(timeout=...)", []).append(time.perf_counter() - moment)
-            results.setdefault("remotely(timeout=...) until afar.get raises", []).append(
-                remote_limit(client, 0.5)
-            )
+            for how, measure in ways.items():
+                results[how].append(measure())
         print(
             f"trivial block on an idle worker: median {statistics.median(idle) * 1e3:.1f} ms, "
             f"min {min(idle) * 1e3:.1f} ms"

@@ -1,6 +1,7 @@
 """What the remote behaviour tests share: timeouts, waiting until the scheduler caught up
 (``flush``), a sink that records a block's output, a log of the graphs the scheduler receives,
-and client-side objects that report being pickled.
+client-side objects that report being pickled, and a SIGINT handler that interrupts only while
+armed (``armed_sigint``).
 
 Workers cannot import this file (nor the test files): blocks in the tests read only plain values,
 the standard library and installed packages, and define inside the block whatever they need.
@@ -9,9 +10,13 @@ the standard library and installed packages, and define inside the block whateve
 from __future__ import annotations
 
 import re
+import signal
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from distributed import Client
@@ -43,6 +48,36 @@ def body_key_pattern(block_label: str) -> re.Pattern[str]:
 
 def new_gate_name() -> str:
     return f"afar-test-gate-{uuid.uuid4().hex}"
+
+
+@dataclass
+class GuardedSigint:
+    """While ``armed`` is set, SIGINT raises KeyboardInterrupt; else it is noted in ``stray``."""
+
+    armed: threading.Event = field(default_factory=threading.Event)
+    stray: list[int] = field(default_factory=list)
+
+
+@contextmanager
+def armed_sigint() -> Iterator[GuardedSigint]:
+    """Handle SIGINT with Python's own handler (``signal.default_int_handler``) only while armed.
+
+    A signal sent too late, after the code under test has left, lands in ``stray`` instead of
+    interrupting pytest itself. The previous handler is back on exit.
+    """
+    guard = GuardedSigint()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if guard.armed.is_set():
+            signal.default_int_handler(signum, frame)
+        guard.stray.append(signum)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield guard
+    finally:
+        guard.armed.clear()
+        signal.signal(signal.SIGINT, previous)
 
 
 class GraphLog(SchedulerPlugin):

@@ -8,6 +8,7 @@ give the workers' threads back to the other tests.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -20,12 +21,14 @@ import pytest
 from _remote_helpers import (
     GATE_TIMEOUT,
     RESULT_TIMEOUT,
+    armed_sigint,
+    body_key_pattern,
     flush,
     label,
     lineno,
     new_gate_name,
 )
-from distributed import Client, Event, Future
+from distributed import Client, Event
 from distributed.client import FutureCancelledError
 
 import afar
@@ -52,14 +55,23 @@ def gates(client: Client, *names: str) -> Iterator[None]:
             Event(name, client=client).set()
 
 
-def pending_of(run: afar.Run) -> set[Future]:
-    # The Run's Futures of blocks that have not finished: no public accessor.
-    with run._pending.lock:
-        return set(run._pending.futures)
+def _states_of(pattern: str, dask_scheduler: Any = None) -> dict[str, str]:
+    return {
+        str(key): task.state
+        for key, task in dask_scheduler.tasks.items()
+        if re.fullmatch(pattern, str(key))
+    }
 
 
-def known_to_scheduler(key: str, dask_scheduler: Any = None) -> bool:
-    return key in dask_scheduler.tasks
+def bodies(client: Client, line: int) -> dict[str, str]:
+    """The scheduler's body tasks of the with-statement at ``line``: key -> state."""
+    return client.run_on_scheduler(_states_of, body_key_pattern(here(line)).pattern)
+
+
+def tasks_of(client: Client, line: int) -> dict[str, str]:
+    """Its bodies and the tasks that fetch their names (``<body key>-<name>``): key -> state."""
+    pattern = rf"{body_key_pattern(here(line)).pattern}(-\w+)?"
+    return client.run_on_scheduler(_states_of, pattern)
 
 
 def test_cancel_cancels_the_pending_blocks_of_that_run(client: Client) -> None:
@@ -67,6 +79,7 @@ def test_cancel_cancels_the_pending_blocks_of_that_run(client: Client) -> None:
     runner = afar.run("left", "right")
     other = afar.run()
     with gates(client, gate):
+        first_line = lineno() + 1
         with runner, remotely:
             import distributed
 
@@ -74,28 +87,36 @@ def test_cancel_cancels_the_pending_blocks_of_that_run(client: Client) -> None:
             opened = distributed.Event(gate).wait(GATE_TIMEOUT)
             left, right = opened, not opened
         getters = [left, right]
+        second_line = lineno() + 1
         with runner, remotely:
             left, right = right, left  # waits for the first block: queued, not running
+        other_line = lineno() + 1
         with other, remotely:
             import distributed
 
             untouched = distributed.Event(gate).wait(GATE_TIMEOUT)
         assert Event(started, client=client).wait(GATE_TIMEOUT)  # the first block is running
-        bodies = pending_of(runner)
-        assert len(bodies) == 2
+        flush(client)
+        # The Run's two blocks, neither finished: one body each, with a task per name.
+        assert list(bodies(client, first_line).values()) == ["processing"]
+        assert list(bodies(client, second_line).values()) == ["waiting"]
+        assert len(tasks_of(client, first_line)) == len(tasks_of(client, second_line)) == 3
         runner.cancel()
         flush(client)
-        # Both bodies, and the tasks that fetch their names, which depend on them.
-        for future in [*bodies, *getters, left, right]:
+        # The names of both blocks: their tasks depend on the bodies.
+        for future in [*getters, left, right]:
             assert future.status == "cancelled", future
             with pytest.raises(CancelledError):
                 future.result(timeout=RESULT_TIMEOUT)
-        assert not any(client.run_on_scheduler(known_to_scheduler, f.key) for f in bodies)
+        # Both bodies are gone from the scheduler, not merely their names' tasks.
+        assert tasks_of(client, first_line) == tasks_of(client, second_line) == {}
+        # The other Run's block runs on.
         assert not untouched.cancelled()
+        assert len(bodies(client, other_line)) == 1
     assert untouched.result(timeout=RESULT_TIMEOUT) is True
-    flush(client)
-    assert pending_of(runner) == set()
     runner.cancel()  # nothing left to cancel: fine
+    flush(client)
+    assert tasks_of(client, first_line) == tasks_of(client, second_line) == {}
 
 
 def test_ctrl_c_in_afar_get_cancels_that_block_only(client: Client) -> None:
@@ -109,16 +130,11 @@ def test_ctrl_c_in_afar_get_cancels_that_block_only(client: Client) -> None:
     other_started, other_gate = new_gate_name(), new_gate_name()
     runner = afar.get(timeout=RESULT_TIMEOUT)
     outcome: dict[str, Any] = {}
-    armed = threading.Event()
-    stray: list[int] = []
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if armed.is_set():
-            signal.default_int_handler(signum, frame)
-        stray.append(signum)
+    lines: dict[str, int] = {}
 
     def other_thread() -> None:
         try:
+            lines["other"] = lineno() + 1
             with runner, remotely:
                 import distributed
 
@@ -128,59 +144,62 @@ def test_ctrl_c_in_afar_get_cancels_that_block_only(client: Client) -> None:
         except BaseException as error:
             outcome["error"] = error
 
-    def press_ctrl_c() -> None:
-        if not Event(main_started, client=client).wait(GATE_TIMEOUT):
-            return
-        time.sleep(PRESS_AFTER_SECONDS)  # the user's reaction time, not a synchronisation
-        outcome["futures"] = pending_of(runner)
-        if armed.is_set():
-            outcome["sent"] = time.monotonic()
-            os.kill(os.getpid(), signal.SIGINT)
-
     other = threading.Thread(target=other_thread)
-    presser = threading.Thread(target=press_ctrl_c)
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        with gates(client, main_gate, other_gate):
-            other.start()
-            assert Event(other_started, client=client).wait(GATE_TIMEOUT)
-            presser.start()
-            armed.set()
-            try:
-                main_line = lineno() + 1
-                with runner, remotely:
-                    import distributed
+    with armed_sigint() as sigint:
 
-                    distributed.Event(main_started).set()
-                    waited = distributed.Event(main_gate).wait(GATE_TIMEOUT)  # noqa: F841
-            except KeyboardInterrupt:
-                raised = time.monotonic()
-            else:
-                pytest.fail("afar.get returned: the SIGINT never interrupted it")
-            finally:
-                armed.clear()
-            assert raised - outcome["sent"] < CTRL_C_SECONDS
-            main_prefix = f"afar-{here(main_line)}-"
-            (main,) = [f for f in outcome["futures"] if f.key.startswith(main_prefix)]
-            (others,) = [f for f in outcome["futures"] if f is not main]
-            assert main.status == "cancelled"
-            flush(client)
-            assert not client.run_on_scheduler(known_to_scheduler, main.key)
-            # The other thread's block of the same Run goes on.
-            assert not others.done()
-    finally:
-        armed.clear()
-        if presser.is_alive():
-            presser.join(GATE_TIMEOUT)
-        # A signal sent after the main thread left the with is handled (as stray) by now.
-        signal.signal(signal.SIGINT, previous)
-    assert stray == []
+        def press_ctrl_c() -> None:
+            if not Event(main_started, client=client).wait(GATE_TIMEOUT):
+                return
+            time.sleep(PRESS_AFTER_SECONDS)  # the user's reaction time, not a synchronisation
+            # What runs of the Run's two blocks when the key is pressed.
+            outcome["main"] = bodies(client, lines["main"])
+            outcome["other"] = bodies(client, lines["other"])
+            if sigint.armed.is_set():
+                outcome["sent"] = time.monotonic()
+                os.kill(os.getpid(), signal.SIGINT)
+
+        presser = threading.Thread(target=press_ctrl_c)
+        try:
+            with gates(client, main_gate, other_gate):
+                other.start()
+                assert Event(other_started, client=client).wait(GATE_TIMEOUT)
+                presser.start()
+                sigint.armed.set()
+                try:
+                    lines["main"] = lineno() + 1
+                    with runner, remotely:
+                        import distributed
+
+                        distributed.Event(main_started).set()
+                        waited = distributed.Event(main_gate).wait(GATE_TIMEOUT)  # noqa: F841
+                except KeyboardInterrupt:
+                    raised = time.monotonic()
+                else:
+                    pytest.fail("afar.get returned: the SIGINT never interrupted it")
+                finally:
+                    sigint.armed.clear()
+                assert raised - outcome["sent"] < CTRL_C_SECONDS
+                (main_state,) = outcome["main"].values()
+                ((others, others_state),) = outcome["other"].items()
+                assert main_state == others_state == "processing"
+                flush(client)
+                # The interrupted block is gone from the scheduler while its gate is still shut.
+                assert bodies(client, lines["main"]) == {}
+                # The other thread's block of the same Run goes on.
+                assert bodies(client, lines["other"]) == {others: "processing"}
+                assert "released" not in outcome and "error" not in outcome
+        finally:
+            sigint.armed.clear()
+            # Before the handler is restored: a signal the presser sent after the main thread
+            # left the with is handled (as stray) by the time it has ended.
+            if presser.is_alive():
+                presser.join(GATE_TIMEOUT)
+    assert sigint.stray == []
     other.join(RESULT_TIMEOUT)
     assert not other.is_alive()
     if "error" in outcome:
         raise outcome["error"]
-    assert outcome["released"] is True
-    assert others.status == "finished"
+    assert outcome["released"] is True  # its block finished and afar.get bound its value
     # The interrupted thread, its client and its Run work as before.
     with runner, remotely:
         afterwards = "fine"

@@ -21,7 +21,14 @@ from concurrent.futures import CancelledError
 from typing import Any
 
 import pytest
-from _remote_helpers import GATE_TIMEOUT, RESULT_TIMEOUT, label, lineno, new_gate_name
+from _remote_helpers import (
+    GATE_TIMEOUT,
+    RESULT_TIMEOUT,
+    armed_sigint,
+    label,
+    lineno,
+    new_gate_name,
+)
 from distributed import Client, Event, LocalCluster
 
 import afar
@@ -129,45 +136,38 @@ def test_ctrl_c_stops_the_block_and_points_at_the_with(one_thread: Client, capsy
     """A real SIGINT while afar.get waits: the block stops, nothing more of it is shown."""
     pid = worker_pid(one_thread)
     started, tag = new_gate_name(), f"tick-{uuid.uuid4().hex}"
-    armed = threading.Event()
-    stray: list[int] = []
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        if armed.is_set():
-            signal.default_int_handler(signum, frame)
-        stray.append(signum)
+    with armed_sigint() as sigint:
 
-    def press() -> None:
-        if armed.is_set():
-            os.kill(os.getpid(), signal.SIGINT)
+        def press() -> None:
+            if sigint.armed.is_set():
+                os.kill(os.getpid(), signal.SIGINT)
 
-    presser = stop_soon(press, one_thread, started)
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        armed.set()
-        location = on(one_thread)
+        presser = stop_soon(press, one_thread, started)
         try:
-            with_line = lineno() + 1
-            with afar.get, location:
-                from time import sleep
+            sigint.armed.set()
+            location = on(one_thread)
+            try:
+                with_line = lineno() + 1
+                with afar.get, location:
+                    from time import sleep
 
-                import distributed
+                    import distributed
 
-                distributed.Event(started).set()
-                for _step in range(STEPS):
-                    print(tag, _step)
-                    sleep(STEP_SECONDS)
-                finished = True
-        except KeyboardInterrupt as error:
-            interrupt = error
-        else:
-            pytest.fail("afar.get returned: the SIGINT never interrupted it")
+                    distributed.Event(started).set()
+                    for _step in range(STEPS):
+                        print(tag, _step)
+                        sleep(STEP_SECONDS)
+                    finished = True
+            except KeyboardInterrupt as error:
+                interrupt = error
+            else:
+                pytest.fail("afar.get returned: the SIGINT never interrupted it")
+            finally:
+                sigint.armed.clear()
         finally:
-            armed.clear()
-    finally:
-        presser.join(GATE_TIMEOUT)
-        signal.signal(signal.SIGINT, previous)
-    assert stray == []
+            presser.join(GATE_TIMEOUT)
+    assert sigint.stray == []
     shown_before = capsys.readouterr().out
     assert f"{tag} 0\n" in shown_before  # it ran and its output was live
     # The traceback: the with statement (and afar's __exit__), not Dask's or threading's frames.
