@@ -28,7 +28,7 @@ def run_locally(entry: Entry, values: dict[str, Any], display: bool) -> None:
     bind_results(entry, results)
     missing = [name for name in saved if name not in results]
     if missing:  # as a remote afar.get raises it; there is no Future to hold the error
-        raise SavedNameError(*missing_name(missing[0], entry.block.label).args)
+        raise SavedNameError(*missing_name(missing[0], entry.block.label).args, name=missing[0])
 
 
 async def run_locally_async(entry: Entry, values: dict[str, Any], display: bool) -> None:

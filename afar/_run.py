@@ -201,7 +201,8 @@ class Run:
                 f"{block.site.filename}, line {block.site.node.lineno}: the block never assigns "
                 f"{', '.join(map(repr, never))}, so afar cannot save "
                 f"{'it' if len(never) == 1 else 'them'}. Names it assigns: "
-                f"{', '.join(sorted(analysis.assigned)) or 'none'}"
+                f"{', '.join(sorted(analysis.assigned)) or 'none'}",
+                name=never[0],
             )
         return tuple(dict.fromkeys(self.names))
 

@@ -9,6 +9,7 @@ the result from its own frame (the one afar frame a user sees above the block's 
 from __future__ import annotations
 
 import itertools
+import re
 import types
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
 _WORKER_FILENAMES = frozenset({RUNTIME_FILENAME, "<dynamic-code>", run_here.__code__.co_filename})
 
 
+def _unassigned_name(error: NameError) -> str | None:
+    """The name in the worker's message (``missing_name``): pickling drops ``NameError.name``."""
+    found = re.search(r"did not assign '([^']+)'", str(error))
+    return found.group(1) if found else None
+
+
 def shown_from_block(error: BaseException, skipped: BaseException | None) -> BaseException:
     """The error as the user should see it: from the block's first line, not afar's frames.
 
@@ -36,7 +43,7 @@ def shown_from_block(error: BaseException, skipped: BaseException | None) -> Bas
         tb = tb.tb_next
     if tb is None and type(error) is NameError and _raised_by_afar_on_the_worker(error):
         # A saved name the block did not assign (a builtin NameError: workers have no afar).
-        error = SavedNameError(*error.args)
+        error = SavedNameError(*error.args, name=error.name or _unassigned_name(error))
     elif tb is not None or _raised_by_afar_on_the_worker(error):
         error = error.with_traceback(_for_ipython(tb))
     elif isinstance(error, KeyboardInterrupt):

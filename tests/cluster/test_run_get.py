@@ -452,6 +452,7 @@ def test_get_missing_name_raises_saved_name_error_at_the_with(client):
             if flag:
                 skipped = 2  # noqa: F841
     assert "'skipped'" in str(raised.value) and here(line) in str(raised.value)
+    assert raised.value.name == "skipped"  # as on any NameError
 
 
 # -- what one block submits ---------------------------------------------------------------------

@@ -247,5 +247,6 @@ def result(flag):
 """
     )
     assert module.result(True) == 1
-    with pytest.raises(afar.SavedNameError, match="did not assign 'skipped'"):
+    with pytest.raises(afar.SavedNameError, match="did not assign 'skipped'") as raised:
         module.result(False)
+    assert raised.value.name == "skipped"
