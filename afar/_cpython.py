@@ -23,6 +23,12 @@ Version by version (checked on 3.10.13, 3.11.7, 3.12.1, 3.13.0, 3.14.10, 3.15.2)
 family and PEP 667; 3.14 ``LOAD_FAST_BORROW``, ``LOAD_SMALL_INT``, ``LOAD_SPECIAL``,
 ``NOT_TAKEN``, ``POP_ITER`` and the two code flags; 3.15 ``TRACE_RECORD`` and PEP 765
 (``return``/``break``/``continue`` leaving a ``finally`` block is a SyntaxError).
+
+The worker package (``afar._worker``) cannot import this module: it travels to workers by value
+and imports only the standard library, ``distributed`` and itself. Its two interpreter details
+are therefore written there, and named here: the syntax-tree lock of gh-106905 again
+(``_worker/compiling.py``), and ``PyThreadState_SetAsyncExc``, the one way to raise in another
+thread, unchanged from 3.10 to 3.15 (``_worker/stopping.py``).
 """
 
 from __future__ import annotations
