@@ -3,8 +3,10 @@
 On one worker with one thread, a block runs Python lines for a minute; the benchmark stops it in
 each way afar offers and runs a trivial next block at once. The delay printed is the time from the
 stop to the next block's result (an upper bound of stop -> free thread), next to what a trivial
-block takes on an idle worker (same run, interleaved). For remotely(timeout=...) it is the time
-from the limit to afar.get raising.
+block takes on an idle worker (same run, interleaved), and as a ratio to a bare
+``client.submit(...).result()`` round trip on that worker, also interleaved (bare Dask cannot stop
+a running task at all: its thread stays busy until the task returns). For remotely(timeout=...)
+it is the time from the limit to afar.get raising.
 
     python benchmarks/stopping.py           # full run
     python benchmarks/stopping.py --quick   # a few repetitions: checks that it still runs
@@ -34,6 +36,12 @@ def trivial(location: afar.Location) -> float:
     with afar.get(timeout=STARTED_TIMEOUT), location:
         value = 1
     assert value == 1
+    return time.perf_counter() - start
+
+
+def bare_round_trip(client: Client) -> float:
+    start = time.perf_counter()
+    assert client.submit(int, 1, pure=False).result(timeout=STARTED_TIMEOUT) == 1
     return time.perf_counter() - start
 
 
@@ -163,19 +171,24 @@ def main() -> None:
         ways["remotely(timeout=...) until afar.get raises"] = partial(remote_limit, client, 0.5)
         results: dict[str, list[float]] = {how: [] for how in ways}
         idle: list[float] = []
+        bare: list[float] = []
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for _ in range(repeats):
+            bare.append(bare_round_trip(client))
             idle.append(trivial(location))
             for how, measure in ways.items():
                 results[how].append(measure())
+        reference = statistics.median(bare)
         print(
-            f"trivial block on an idle worker: median {statistics.median(idle) * 1e3:.1f} ms, "
-            f"min {min(idle) * 1e3:.1f} ms"
+            f"bare client.submit round trip: median {reference * 1e3:.1f} ms; trivial block on an "
+            f"idle worker: median {statistics.median(idle) * 1e3:.1f} ms "
+            f"(ratio {statistics.median(idle) / reference:.2f}x)"
         )
         for how, times in results.items():
             print(
                 f"{how:<46} stop -> next block's result: median "
-                f"{statistics.median(times) * 1e3:6.1f} ms   max {max(times) * 1e3:6.1f} ms"
+                f"{statistics.median(times) * 1e3:6.1f} ms   max {max(times) * 1e3:6.1f} ms   "
+                f"ratio to a bare round trip {statistics.median(times) / reference:5.2f}x"
             )
 
 
