@@ -65,8 +65,10 @@ class Version:
 def imported_names(nodes: Iterable[ast.AST], package: str = "") -> tuple[str, ...]:
     """Absolute names of modules that these statements may import, also in nested functions.
 
-    ``from pkg import a`` gives 'pkg' and 'pkg.a' (a may be a submodule). Imports inside
-    ``try`` are optional: left out. Relative imports resolve against ``package``.
+    ``from pkg import a`` gives 'pkg' and 'pkg.a' (a may be a submodule). A call of
+    ``importlib.import_module`` or ``__import__`` with a literal name counts as an import of
+    it; a name computed at run time cannot be seen. Imports inside ``try`` are optional: left
+    out. Relative imports resolve against ``package``.
     """
     found: dict[str, None] = {}
     optional: set[int] = set()
@@ -88,7 +90,53 @@ def imported_names(nodes: Iterable[ast.AST], package: str = "") -> tuple[str, ..
                     continue
                 found.update(dict.fromkeys(_locality._chain(base)))
                 found.update(dict.fromkeys(f"{base}.{a.name}" for a in node.names if a.name != "*"))
+            elif isinstance(node, ast.Call):
+                called = _called_import(node, package)
+                if called is not None:
+                    found.update(dict.fromkeys(_locality._chain(called)))
     return tuple(found)
+
+
+# Functions that import the module named by their first argument.
+_IMPORT_FUNCTIONS = frozenset({"import_module", "__import__"})
+
+
+def _called_import(call: ast.Call, package: str) -> str | None:
+    """The absolute module name of ``importlib.import_module("x")`` or ``__import__("x")``
+    with literal arguments; None for any other call."""
+    function = call.func
+    if isinstance(function, ast.Attribute):
+        called = function.attr
+    elif isinstance(function, ast.Name):
+        called = function.id
+    else:
+        return None
+    if called not in _IMPORT_FUNCTIONS or not call.args:
+        return None
+    name = _literal(call.args[0])
+    if name is None:
+        return None
+    level = len(name) - len(name.lstrip("."))
+    if called == "__import__":
+        given = [k.value for k in call.keywords if k.arg == "level"] + call.args[4:5]
+        if level or any(_literal(g, int) not in (None, 0) for g in given):
+            return None  # a relative __import__: its package comes from the globals passed
+        return name if _is_dotted(name) else None
+    if level:
+        anchors = [k.value for k in call.keywords if k.arg == "package"] + call.args[1:2]
+        anchor = _literal(anchors[0]) if anchors else None
+        if anchor is None:
+            return None
+        return _absolute(name[level:] or None, level, anchor) if _is_dotted(anchor) else None
+    return name if _is_dotted(name) else None
+
+
+def _literal(node: ast.AST, kind: type = str) -> Any:
+    return node.value if isinstance(node, ast.Constant) and type(node.value) is kind else None
+
+
+def _is_dotted(name: str) -> bool:
+    return all(part.isidentifier() for part in name.split("."))
 
 
 def _absolute(module: str | None, level: int, package: str) -> str | None:

@@ -170,6 +170,32 @@ def test_a_package_and_a_namespace_package_beside_the_script(project, shared_clu
     assert result["values"] == [3.0, "pkg", 3.0, "HI!"]
 
 
+def test_modules_named_by_a_literal_import_module_call(project, shared_cluster):
+    result, _ = run_script(
+        project,
+        """
+        with afar.get, remotely:
+            helpers = importlib.import_module("helpers")
+            stats = importlib.import_module(".stats", "pkg")
+            tool = __import__("ns.tool", fromlist=["shout"])
+            computed = "".join(["lone", "ly"])
+            if computed == "never":
+                import lonely  # never runs, yet names the module: it travels
+            lonely_module = importlib.import_module(computed)
+            values = (
+                helpers.triple(2),
+                stats.mean([1, 3]),
+                tool.shout("hi"),
+                lonely_module.VALUE,
+            )
+        report(values=values)
+        """,
+        shared_cluster,
+        extra={"lonely.py": "VALUE = 7\n"},  # imported by no other module
+    )
+    assert result["values"] == [6, 2.0, "HI!", 7]
+
+
 def test_values_read_from_outside_and_names_imported_at_the_top(project, shared_cluster):
     result, _ = run_script(
         project,

@@ -6,6 +6,7 @@ since afar decides once per module name.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 import uuid
@@ -101,3 +102,34 @@ def test_a_module_written_after_a_first_look_is_local_once_imported(folder):
 def test_names_that_are_not_module_names_are_refused(bad):
     with pytest.raises(TypeError, match=r"a module name such as 'helpers' or 'pkg\.stats'"):
         afar.modules.include(bad)
+
+
+@pytest.mark.parametrize(
+    ("call", "imported"),
+    [
+        ('importlib.import_module("helpers")', ["helpers"]),
+        ('import_module("pkg.stats")', ["pkg", "pkg.stats"]),
+        ('importlib.import_module(".stats", "pkg")', ["pkg", "pkg.stats"]),
+        ('importlib.import_module("..tool", package="pkg.sub")', ["pkg", "pkg.tool"]),
+        ('__import__("pkg.stats")', ["pkg", "pkg.stats"]),
+        # Names only known at run time, and relative __import__ calls, cannot be seen.
+        ("importlib.import_module(name)", []),
+        ('importlib.import_module(".stats", package)', []),
+        ('__import__("stats", globals(), None, [], 1)', []),
+        ('importlib.import_module("not a module name")', []),
+    ],
+)
+def test_a_literal_import_module_call_counts_as_an_import(call: str, imported: list[str]) -> None:
+    from afar._modules import imported_names
+
+    tree = ast.parse(f"import importlib\nvalue = {call}\n")
+    assert [n for n in imported_names([tree]) if n != "importlib"] == imported
+
+
+def test_an_import_module_call_inside_try_is_optional() -> None:
+    from afar._modules import imported_names
+
+    tree = ast.parse(
+        "try:\n    fast = importlib.import_module('speedups')\nexcept ImportError:\n    pass\n"
+    )
+    assert imported_names([tree]) == ()
