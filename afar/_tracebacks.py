@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from afar import _ipython
 from afar._worker.compiling import BLOCK_FUNCTION_PREFIX
-from afar._worker.runtime import RUNTIME_FILENAME, run_here
+from afar._worker.runtime import ENDED_ATTRIBUTE, RUNTIME_FILENAME, run_here
 from afar.errors import SavedNameError
 
 if TYPE_CHECKING:
@@ -32,6 +32,13 @@ def _unassigned_name(error: NameError) -> str | None:
     return found.group(1) if found else None
 
 
+# What a block's SystemExit or KeyboardInterrupt became on the worker, by name (see above).
+_ENDED: dict[str, type[BaseException]] = {
+    "SystemExit": SystemExit,
+    "KeyboardInterrupt": KeyboardInterrupt,
+}
+
+
 def shown_from_block(error: BaseException, skipped: BaseException | None) -> BaseException:
     """The error as the user should see it: from the block's first line, not afar's frames.
 
@@ -41,6 +48,14 @@ def shown_from_block(error: BaseException, skipped: BaseException | None) -> Bas
     tb = error.__traceback__
     while tb is not None and not tb.tb_frame.f_code.co_name.startswith(BLOCK_FUNCTION_PREFIX):
         tb = tb.tb_next
+    ended = getattr(error, ENDED_ATTRIBUTE, None)
+    if type(error) is RuntimeError and isinstance(ended, tuple) and len(ended) == 2:
+        kind, args = ended
+        original = _ENDED.get(kind)
+        if original is not None and isinstance(args, tuple):
+            # The block's own sys.exit() (or KeyboardInterrupt), which afar caught on the
+            # worker (``ended_process``): raised here as it would have been, run here.
+            error = original(*args).with_traceback(error.__traceback__)
     if tb is None and type(error) is NameError and _raised_by_afar_on_the_worker(error):
         # A saved name the block did not assign (a builtin NameError: workers have no afar).
         error = SavedNameError(*error.args, name=error.name or _unassigned_name(error))

@@ -134,6 +134,30 @@ def load_inputs(payload: bytes, label: str) -> dict[str, Any]:
         ) from None
 
 
+# The attribute of the RuntimeError that stands in for a block's SystemExit or KeyboardInterrupt:
+# (the builtin's name, its args). Exceptions pickle their ``__dict__``: it reaches the client.
+ENDED_ATTRIBUTE = "afar_ended_process"
+
+
+def ended_process(error: BaseException, label: str) -> RuntimeError:
+    """A RuntimeError for a block's own SystemExit (``sys.exit()``) or KeyboardInterrupt.
+
+    Dask lets those two end the worker's process, as asyncio does, and then runs the task again
+    elsewhere until it gives up (KilledWorker): a block that calls ``sys.exit()`` would take
+    down workers one by one. A builtin type (workers have no afar), with the original's name and
+    args in ``ENDED_ATTRIBUTE``, from which the client raises the original again at the ``with``.
+    """
+    kind = "SystemExit" if isinstance(error, SystemExit) else "KeyboardInterrupt"
+    shown = f"sys.exit({error.code!r})" if isinstance(error, SystemExit) else kind
+    ended = RuntimeError(
+        f"the block at {label} raised {shown} on {worker_address()}, which would end the "
+        "worker's process: afar ended the block instead"
+    )
+    setattr(ended, ENDED_ATTRIBUTE, (kind, error.args))
+    # Without this frame's own entry: it is added again as the error leaves it.
+    return ended.with_traceback(error.__traceback__.tb_next if error.__traceback__ else None)
+
+
 def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: bytes) -> Any:
     """The body task: bind the inputs, run the block, stream its output, return its names.
 
@@ -210,6 +234,8 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
                     raise ModuleNotFoundError(message, name=error.name).with_traceback(
                         error.__traceback__.tb_next if error.__traceback__ else None
                     ) from None
+                except (SystemExit, KeyboardInterrupt) as error:
+                    raise ended_process(error, block.label) from None
             finally:
                 if watcher is not None:
                     watcher.stop()

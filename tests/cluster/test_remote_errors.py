@@ -7,6 +7,7 @@ file's name, the exact lines of the block and their source, and at most one fram
 from __future__ import annotations
 
 import json
+import os
 import traceback
 from pathlib import Path
 
@@ -139,3 +140,52 @@ def test_the_error_of_a_block_does_not_break_the_next_one(client):
     with afar.get(timeout=RESULT_TIMEOUT), remotely:
         fine = "fine"
     assert fine == "fine"
+
+
+# -- what Dask would let end the worker's process -----------------------------------------------
+def worker_pids(client) -> set[int]:
+    return set(client.run(os.getpid).values())
+
+
+def test_sys_exit_in_a_block_raises_system_exit_at_the_with_and_no_worker_dies(client):
+    """Dask lets a task's SystemExit end its worker's process (and then tries the task on
+    other workers until KilledWorker); a block's sys.exit() ends the block, as it would here."""
+    pids = worker_pids(client)
+    with pytest.raises(SystemExit) as raised:
+        with_line = lineno() + 1
+        with afar.get(timeout=RESULT_TIMEOUT), remotely:
+            import sys
+
+            sys.exit(3)  # get: exits
+    assert type(raised.value) is SystemExit and raised.value.code == 3
+    assert_shows_block_line(raised.value, line_marked("get: exits"), with_line)
+    assert worker_pids(client) == pids
+    with afar.get(timeout=RESULT_TIMEOUT), remotely:
+        after = "still here"
+    assert after == "still here"
+
+
+def test_sys_exit_in_an_afar_run_block_fails_its_future_and_no_worker_dies(client):
+    pids = worker_pids(client)
+    with_line = lineno() + 1
+    with afar.run, remotely:
+        import sys
+
+        sys.exit("bye")
+        code = 0
+    # Dask's result() raises what the task raised on the worker, which has no afar.
+    with pytest.raises(RuntimeError, match=r"raised sys\.exit\('bye'\) on worker") as raised:
+        code.result(timeout=RESULT_TIMEOUT)
+    assert label(__file__, with_line) in str(raised.value)
+    assert worker_pids(client) == pids
+
+
+def test_a_keyboard_interrupt_raised_by_the_block_comes_back_as_itself(client):
+    pids = worker_pids(client)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        with_line = lineno() + 1
+        with afar.get(timeout=RESULT_TIMEOUT), remotely:
+            raise KeyboardInterrupt("from the block")  # get: interrupts
+    assert raised.value.args == ("from the block",)
+    assert_shows_block_line(raised.value, line_marked("get: interrupts"), with_line)
+    assert worker_pids(client) == pids
