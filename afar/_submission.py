@@ -12,6 +12,7 @@ afar.run's (a Future per saved name, bound at once; a failure nobody waits for i
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import traceback
@@ -187,8 +188,17 @@ def submit(submission: Submission) -> None:
 
 
 async def submit_async(submission: Submission) -> None:
-    """Send a block through an asynchronous client, then await what the results want."""
+    """Send a block through an asynchronous client, then await what the results want.
+
+    A synchronous client in a coroutine works too: its round trips (registering afar's plugin,
+    sending module versions, scattering ``data=``) block, so they run in a thread meanwhile.
+    """
     client = submission.client
+    if not client.asynchronous:
+        await asyncio.to_thread(_before_sending, submission)
+        submission.send()
+        await submission.results.wait_async(submission)
+        return
     registering = ensure_runtime(client)
     if registering is not None:
         await registering
@@ -201,6 +211,15 @@ async def submit_async(submission: Submission) -> None:
         await _remote.scatter_data_async(client, data, names_in(submission.entry.block, data))
     submission.send()
     await submission.results.wait_async(submission)
+
+
+def _before_sending(submission: Submission) -> None:
+    """What a synchronous client must do before ``send``, each a round trip when needed."""
+    client, data = submission.client, submission.data
+    ensure_runtime(client)
+    _modules.ensure_sent(client, submission.outgoing.versions)
+    if data is not None:
+        _remote.scatter_data(client, data, names_in(submission.entry.block, data))
 
 
 # -- tracking -------------------------------------------------------------------------------------

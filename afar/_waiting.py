@@ -48,16 +48,21 @@ class Values(Results):
         bind_results(submission.entry, wait_values(submission.body, submission.entry, self.timeout))
 
     async def wait_async(self, submission: Submission) -> None:
-        body = submission.body
+        body, entry = submission.body, submission.entry
         try:
-            results = await body
+            if body.client.asynchronous:
+                values = await _values_async(body, entry, self.timeout)
+            else:
+                # A synchronous client in a coroutine: its wait blocks, so it waits in a thread
+                # while the event loop goes on (a cancelled task stops the block, below).
+                values = await asyncio.to_thread(wait_values, body, entry, self.timeout)
         except BaseException:
             silence(submission.client, str(body.key))
             cancelling = body.cancel()
             if inspect.isawaitable(cancelling):  # an asynchronous client's cancel
                 await cancelling
             raise
-        bind_results(submission.entry, unless_timed_out(results))
+        bind_results(entry, values)
 
 
 def wait_values(body: Future, entry: Entry, timeout: float | None) -> dict[str, Any]:
@@ -75,18 +80,7 @@ def wait_values(body: Future, entry: Entry, timeout: float | None) -> dict[str, 
             except (TimeoutError, asyncio.TimeoutError) as error:
                 if body.status == "error":
                     raise  # the block itself raised it
-                if body.status == "finished":
-                    # In time; fetching its values is what took too long (a builtin TimeoutError
-                    # on 3.10 too, where Dask raises asyncio's).
-                    raise TimeoutError(
-                        f"the block at {entry.block.label} finished, but its values did not "
-                        f"arrive within {timeout} s"
-                    ) from error
-                stop(body)
-                raise TimeoutError(
-                    f"the block at {entry.block.label} did not finish within {timeout} s "
-                    "(afar.get(timeout=...)); it was cancelled and stopped on the worker"
-                ) from None
+                raise _not_in_time(body, entry, timeout, stop) from _cause_of(body, error)
             except TypeError as error:
                 if body.status != "finished":
                     raise  # the block itself raised TypeError
@@ -95,6 +89,40 @@ def wait_values(body: Future, entry: Entry, timeout: float | None) -> dict[str, 
         stop(body)
         raise
     return unless_timed_out(values)
+
+
+async def _values_async(body: Future, entry: Entry, timeout: float | None) -> Any:
+    """``wait_values`` for an asynchronous client (its caller stops the block if this raises)."""
+    try:
+        values = await body.result(timeout=timeout)  # an awaitable, with an asynchronous client
+    except (TimeoutError, asyncio.TimeoutError) as error:
+        if body.status == "error":
+            raise  # the block itself raised it
+        raise _not_in_time(body, entry, timeout, None) from _cause_of(body, error)
+    return unless_timed_out(values)
+
+
+def _not_in_time(body: Future, entry: Entry, timeout: float | None, stopping: Any) -> BaseException:
+    """What a TimeoutError of Dask's while waiting ``timeout`` seconds means (Python 3.10's
+    ``result`` raises ``asyncio.TimeoutError``, bpo-42413); ``stopping(body)`` stops a block
+    that did not finish in time."""
+    if body.status == "finished":
+        # In time; fetching its values is what took too long (a builtin TimeoutError).
+        return TimeoutError(
+            f"the block at {entry.block.label} finished, but its values did not arrive within "
+            f"{timeout} s"
+        )
+    if stopping is not None:
+        stopping(body)
+    return TimeoutError(
+        f"the block at {entry.block.label} did not finish within {timeout} s "
+        "(afar.get(timeout=...)); it was cancelled and stopped on the worker"
+    )
+
+
+def _cause_of(body: Future, error: BaseException) -> BaseException | None:
+    """The timeout itself is the cause only of "its values did not arrive"."""
+    return error if body.status == "finished" else None
 
 
 def stop(body: Future) -> None:

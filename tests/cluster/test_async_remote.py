@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from _remote_helpers import label, lineno
 from distributed import Client, Future
 
 import afar
@@ -122,3 +123,80 @@ def test_an_explicit_asynchronous_client(cluster):
         return value
 
     assert run(body, cluster) == "explicit"
+
+
+# -- afar.get(timeout=...) in a coroutine ----------------------------------------------------------
+STOP_TIMEOUT = 30  # seconds a stopped block may take to leave the scheduler; far above the need
+
+
+def block_tasks(prefix: str, dask_scheduler=None) -> list[str]:
+    return [str(key) for key in dask_scheduler.tasks if str(key).startswith(prefix)]
+
+
+def test_async_get_timeout_stops_a_block_that_runs_too_long(cluster):
+    async def body(client):
+        with pytest.raises(TimeoutError, match=r"did not finish within 0.5 s") as raised:
+            with_line = lineno() + 1
+            async with afar.get(timeout=0.5), remotely:
+                import time
+
+                for _ in range(6000):  # a minute of Python lines
+                    time.sleep(0.01)
+                done = True  # noqa: F841
+        # Cancelled: the scheduler forgets the block (the worker stops it, see test_stopping).
+        prefix = f"afar-{label(__file__, with_line)}-"
+        deadline = asyncio.get_running_loop().time() + STOP_TIMEOUT
+        while await client.run_on_scheduler(block_tasks, prefix):
+            assert asyncio.get_running_loop().time() < deadline, "the block is still there"
+            await asyncio.sleep(0.05)
+        return str(raised.value)
+
+    assert "cancelled and stopped on the worker" in run(body, cluster)
+
+
+# -- a synchronous client in a coroutine ----------------------------------------------------------
+def run_with_sync_client(coroutine_function, cluster):
+    with Client(cluster.scheduler_address, set_as_default=False) as client:
+        return asyncio.run(asyncio.wait_for(coroutine_function(client), ASYNC_TIMEOUT))
+
+
+def test_async_with_and_a_synchronous_client(cluster):
+    async def body(client):
+        there = afar.remotely(client=client)
+        data = {"base": 40}
+        async with afar.get(data=data), there:
+            total = base + 2  # noqa: F821 - read from data=
+        async with afar.run, there:
+            doubled = total * 2
+        return total, doubled.result(timeout=ASYNC_TIMEOUT), isinstance(data["base"], Future)
+
+    assert run_with_sync_client(body, cluster) == (42, 84, True)
+
+
+def test_a_synchronous_client_waits_without_blocking_the_event_loop(cluster):
+    async def body(client):
+        there = afar.remotely(client=client)
+        ticks = 0
+
+        async def ticking():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.ensure_future(ticking())
+        with pytest.raises(TimeoutError, match=r"did not finish within 0.5 s"):
+            async with afar.get(timeout=0.5), there:
+                import time
+
+                for _ in range(6000):
+                    time.sleep(0.01)
+                done = True  # noqa: F841
+        ticker.cancel()
+        async with afar.get, there:
+            after = "next block"
+        return after, ticks
+
+    after, ticks = run_with_sync_client(body, cluster)
+    assert after == "next block"
+    assert ticks >= 3  # a blocked event loop would have ticked once at most
