@@ -107,10 +107,10 @@ def pickle_inputs(plain: Mapping[str, Any], label: str) -> tuple[bytes, set[obje
                     f"cannot be pickled to send it to a worker ({culprit}). Create it inside "
                     "the block, or pass what it is made from (a path instead of an open file, "
                     "nothing instead of a lock)"
-                ) from culprit
+                ) from None  # the message names the variable and the reason
         raise NotPicklableError(
             f"the variables read by the block at {label} cannot be pickled together: {error}"
-        ) from error
+        ) from None
 
 
 def _unscattered(data: Mapping[str, Any], names: list[str]) -> list[str]:

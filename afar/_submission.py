@@ -316,7 +316,9 @@ def _failure_text(body: Future, inputs: Mapping[str, list[Future]]) -> str:
                     f"the block did not run: its input {name!r} failed with "
                     f"{type(error).__name__}: {error}"
                 )
-    error = body.exception()
+    # The traceback Dask keeps, not the error's own: a .result() that raised the same error
+    # meanwhile has added the caller's frames to that.
+    error = body.exception().with_traceback(body.traceback())
     shown = shown_from_block(error, None)
     return "".join(traceback.format_exception(type(shown), shown, shown.__traceback__))
 

@@ -84,7 +84,8 @@ def wait_values(body: Future, entry: Entry, timeout: float | None) -> dict[str, 
             except TypeError as error:
                 if body.status != "finished":
                     raise  # the block itself raised TypeError
-                raise _not_picklable_back(body, entry.block.label, error) from error
+                # The message names the value and the reason: Dask's chain is noise.
+                raise _not_picklable_back(body, entry.block.label, error) from None
     except KeyboardInterrupt:
         stop(body)
         raise

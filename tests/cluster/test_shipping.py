@@ -12,6 +12,7 @@ import importlib
 import json
 import sys
 import threading
+import traceback
 
 import numpy as np
 import pytest
@@ -128,6 +129,10 @@ def test_an_unpicklable_variable_is_refused_before_anything_is_sent(
     assert "'culprit'" in message and "'fine'" not in message
     assert here(line) in message
     assert isinstance(raised.value, TypeError)  # what users already catch
+    # The traceback shows afar's error alone: not cloudpickle's nor the with statement's
+    # NameError for `remotely` (how afar skips the body), as "During handling of...".
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "During handling" not in shown and "direct cause" not in shown, shown
     assert "result" not in locals()
     assert not [key for key in set(client.futures) - before if here(line) in str(key)]
     assert graph_log.tasks_of(here(line)) == {}
@@ -158,6 +163,8 @@ def test_an_unpicklable_result_of_get_names_the_variable(client):
     assert "'lock'" in message and "'fine'" not in message
     assert here(line) in message
     assert isinstance(raised.value, TypeError)
+    shown = "".join(traceback.format_exception(raised.value))
+    assert "During handling" not in shown and "direct cause" not in shown, shown
 
 
 def test_an_unpicklable_result_of_get_raises_a_typeerror_at_the_with(client):
