@@ -33,7 +33,9 @@ COMPREHENSION = "comprehension"  # a comprehension's own variable: not the block
 class Binding:
     name: str
     kind: str
-    position: tuple[int, int]  # where the name is bound, for source order
+    # When the name is bound, as an order: where it stands, after the end of the value it
+    # receives when it is a target (``total = (count := 3) * 2`` binds count, then total).
+    position: tuple[int, ...]
 
 
 def bindings(nodes: Iterable[ast.AST]) -> Iterator[Binding]:
@@ -41,6 +43,7 @@ def bindings(nodes: Iterable[ast.AST]) -> Iterator[Binding]:
     inside: set[int] = set()  # nodes inside a comprehension
     walrus_targets: set[int] = set()
     annotated_only: set[int] = set()
+    after_value: dict[int, tuple[int, int]] = {}  # target names -> end of the value they get
     for node in scope_nodes(list(nodes)):
         if id(node) in inside or isinstance(node, _COMPREHENSIONS):
             inside.update(id(child) for child in ast.iter_child_nodes(node))
@@ -48,12 +51,35 @@ def bindings(nodes: Iterable[ast.AST]) -> Iterator[Binding]:
             walrus_targets.add(id(node.target))
         elif isinstance(node, ast.AnnAssign) and node.value is None:
             annotated_only.add(id(node.target))
+        for target, value in _targets_and_values(node):
+            end = (value.end_lineno or value.lineno, value.end_col_offset or 0)
+            after_value.update((id(name), end) for name in ast.walk(target))
         yield from _bound_by(
-            node, id(node) in inside and id(node) not in walrus_targets, id(node) in annotated_only
+            node,
+            id(node) in inside and id(node) not in walrus_targets,
+            id(node) in annotated_only,
+            after_value.get(id(node), ()),
         )
 
 
-def _bound_by(node: ast.AST, comprehension: bool, annotated_only: bool) -> Iterator[Binding]:
+def _targets_and_values(node: ast.AST) -> Iterator[tuple[ast.AST, ast.expr]]:
+    """The targets of a statement that binds them to a value it evaluates first."""
+    if isinstance(node, ast.Assign):
+        for target in node.targets:
+            yield target, node.value
+    elif isinstance(node, (ast.AugAssign, ast.AnnAssign)) and node.value is not None:
+        yield node.target, node.value
+    elif isinstance(node, (ast.For, ast.AsyncFor)):
+        yield node.target, node.iter
+    elif isinstance(node, (ast.With, ast.AsyncWith)):
+        for item in node.items:
+            if item.optional_vars is not None:
+                yield item.optional_vars, item.context_expr
+
+
+def _bound_by(
+    node: ast.AST, comprehension: bool, annotated_only: bool, after: tuple[int, ...]
+) -> Iterator[Binding]:
     if isinstance(node, ast.Name):
         if isinstance(node.ctx, ast.Load):
             return
@@ -63,7 +89,7 @@ def _bound_by(node: ast.AST, comprehension: bool, annotated_only: bool) -> Itera
             kind = DELETE
         else:
             kind = ANNOTATION if annotated_only else STORE
-        yield Binding(node.id, kind, (node.lineno, node.col_offset))
+        yield Binding(node.id, kind, (*after, node.lineno, node.col_offset))
     elif isinstance(node, (ast.Import, ast.ImportFrom)):
         for alias in node.names:
             where = alias if hasattr(alias, "lineno") else node

@@ -255,7 +255,16 @@ LAST_BOUND = {
     "lambda-walrus-not-saved": ("x = 1\nf = lambda: (z := 1)", "f"),
     "comprehension-not-saved": ("r = [i for i in s]", "r"),
     # PEP 572: `:=` in a comprehension binds in the block's scope (issue 10), in source order.
-    "comprehension-walrus-saved": ("r = [y := i for i in s]", "y"),
+    "comprehension-walrus-saved": ("[y := i for i in s]", "y"),
+    "comprehension-walrus-then-its-target": ("r = [y := i for i in s]", "r"),
+    # A statement's targets are bound after the value they get, walruses in it included.
+    "walrus-in-assigned-value": ("total = (count := 3) * 2", "total"),
+    "walrus-in-f-string": ('s = f"{(n := 1)}"', "s"),
+    "walrus-in-augmented-value": ("x = 0\nx += (y := 1)", "x"),
+    "walrus-in-annotated-value": ("x: int = (y := 1)", "x"),
+    "walrus-in-for-iterable": ("for i in (j := [1]):\n    pass", "i"),
+    "walrus-in-with-item": ("with (c := ctx) as d:\n    pass", "d"),
+    "walrus-after-the-target-in-the-next-statement": ("total = 1\nprint(n := 2)", "n"),
     "comprehension-walrus-last-statement": (
         "values = [1, 2]\nany((hit := v) > 1 for v in values)",
         "hit",
