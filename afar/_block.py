@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from afar import _cpython
+from afar._analysis.bindings import scope_nodes
 from afar._analysis.names import Analysis
 from afar._analysis.source import Site, first_line, site_for
 from afar._analysis.wrapping import wrap
@@ -43,6 +44,27 @@ class Block:
     @property
     def label(self) -> str:
         return self.site.label
+
+    @functools.cached_property
+    def instance(self) -> str | None:
+        """The method's first parameter, when the body calls ``super()`` with no arguments."""
+        site = self.site
+        if site.class_name is None or not any(_is_bare_super(n) for n in scope_nodes(site.body)):
+            return None
+        return site.instance
+
+    @functools.cached_property
+    def class_reads(self) -> tuple[str, ...]:
+        """The caller's variables that ``super()`` or ``__class__`` in the body read besides
+        the names it reads itself: ``__class__`` (a method's cell) and the instance."""
+        site = self.site
+        if site.class_name is None or not any(
+            _is_bare_super(node) or (isinstance(node, ast.Name) and node.id == "__class__")
+            for statement in site.body
+            for node in ast.walk(statement)
+        ):
+            return ()
+        return ("__class__", self.instance) if self.instance else ("__class__",)
 
     @functools.cached_property
     def key_prefix(self) -> str:
@@ -86,9 +108,22 @@ class Block:
                 label=self.label,
                 future_features=site.future_features,
                 secede=secede,
+                class_name=site.class_name,
+                instance=self.instance,
             )
             found = self._packed[variant] = pickle.dumps(tuple(code), protocol=5)
         return found
+
+
+def _is_bare_super(node: ast.AST) -> bool:
+    """``super()``: the zero-argument form, which needs the class cell and the instance."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "super"
+        and not node.args
+        and not node.keywords
+    )
 
 
 def block_for_source(source: str, filename: str) -> Block:

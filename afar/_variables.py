@@ -51,7 +51,7 @@ def read_variables(entry: Entry, data: Mapping[str, Any] | None) -> dict[str, An
             enclosing = frame.f_back.f_locals
     free = frame.f_code.co_freevars if enclosing and frame is not None else ()
     values: dict[str, Any] = {}
-    for name in (*analysis.reads, *analysis.seeds):
+    for name in (*analysis.reads, *analysis.seeds, *entry.block.class_reads):
         if data is not None and name in data:
             continue  # taken from data by the caller (scattered first)
         if name in local_names:

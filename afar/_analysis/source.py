@@ -32,6 +32,11 @@ class Site:
     body_first_line: int  # first line of the body, decorators included
     body_last_line: int
     future_features: tuple[str, ...]  # ``from __future__`` features the code was compiled with
+    # The innermost class the statement stands in (Python mangles ``__private`` names by it),
+    # and the first parameter of the function it stands in when that is in a class: what a
+    # zero-argument ``super()`` in the body uses, with the class.
+    class_name: str | None = None
+    instance: str | None = None
 
     @property
     def future_flags(self) -> int:
@@ -68,6 +73,7 @@ def site_for(frame: types.FrameType) -> Site:
         )
     lines = tuple(text.splitlines(keepends=True))
     first = first_line(node.body[0])
+    class_name, instance = enclosing_class(tree, node)
     site = Site(
         filename=filename,
         lines=lines,
@@ -75,6 +81,8 @@ def site_for(frame: types.FrameType) -> Site:
         body_first_line=first,
         body_last_line=node.body[-1].end_lineno or node.body[-1].lineno,
         future_features=features,
+        class_name=class_name,
+        instance=instance,
     )
     check_body_not_on_header(site)
     if filename not in IPYTHON_TIMEIT_FILENAMES:
@@ -180,6 +188,36 @@ def with_at_line(tree: ast.Module, lineno: int) -> ast.With | ast.AsyncWith | No
         if node.lineno <= lineno <= header_end and (found is None or node.lineno > found.lineno):
             found = node
     return found
+
+
+def enclosing_class(tree: ast.Module, target: ast.AST) -> tuple[str | None, str | None]:
+    """The innermost class that ``target`` stands in, and the first parameter of the function
+    it stands in if that function is inside the class (a method, or a function in one)."""
+    scopes: list[ast.AST] = []  # the classes and functions around the node being visited
+
+    def visit(node: ast.AST) -> bool:
+        if node is target:
+            return True
+        scope = isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        if scope:
+            scopes.append(node)
+        if any(visit(child) for child in ast.iter_child_nodes(node)):
+            return True
+        if scope:
+            scopes.pop()
+        return False
+
+    if not visit(tree):
+        return None, None
+    classes = [s for s in scopes if isinstance(s, ast.ClassDef)]
+    if not classes:
+        return None, None
+    function = scopes[-1]
+    instance = None
+    if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        positional = [*function.args.posonlyargs, *function.args.args]
+        instance = positional[0].arg if positional else None
+    return classes[-1].name, instance
 
 
 def check_body_not_on_header(site: Site) -> None:

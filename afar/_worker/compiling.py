@@ -11,6 +11,7 @@ import __future__
 
 import ast
 import builtins
+import functools
 import linecache
 import pickle
 import sys
@@ -49,6 +50,12 @@ class BlockCode(NamedTuple):
     label: str  # "file.py:12", for messages
     future_features: tuple[str, ...]  # names of the ``from __future__`` features in force
     secede: bool = False  # leave the worker's thread pool while running (it may wait on Dask)
+    # The class the with statement stands in: the function is compiled in a class of that name,
+    # so that ``self.__private`` names are mangled as Python mangles them there.
+    class_name: str | None = None
+    # The first parameter of the method, passed first when the body calls ``super()`` (which
+    # takes the instance from its function's first argument, the class from ``__class__``).
+    instance: str | None = None
 
 
 def compiled_blocks() -> dict[bytes, tuple[BlockCode, types.CodeType]]:
@@ -101,22 +108,39 @@ def compile_block(block: BlockCode) -> types.CodeType:
     returned = ast.Return(value=ast.Call(ast.Name(LOCALS_NAME, ast.Load()), [], []))
     body.append(ast.copy_location(returned, last))
     function.name = f"{BLOCK_FUNCTION_PREFIX}{block.label}>"
+    keywords = [name for name in block.seeds if name != block.instance]
     function.args = ast.arguments(
-        posonlyargs=[],
+        posonlyargs=[ast.arg(block.instance)] if block.instance else [],
         args=[],
         vararg=None,
-        kwonlyargs=[ast.arg(name) for name in block.seeds],
-        kw_defaults=[None for _ in block.seeds],
+        kwonlyargs=[ast.arg(name) for name in keywords],
+        kw_defaults=[None for _ in keywords],
         kwarg=None,
         defaults=[],
     )
     function.end_lineno = max(node.end_lineno or node.lineno for node in body)
+    if block.class_name:
+        holder = ast.parse(f"class {block.class_name}:\n    pass").body[0]
+        holder.body = [function]  # type: ignore[attr-defined]
+        tree.body = [ast.copy_location(holder, function)]
     ast.fix_missing_locations(tree)
     flags = 0
     for feature in block.future_features:  # this interpreter's own flags for them
         flags |= getattr(__future__, feature).compiler_flag
     module = compile(tree, block.filename, "exec", flags=flags, dont_inherit=True)
-    return next(c for c in module.co_consts if isinstance(c, types.CodeType))
+    return _code_named(module, function.name)
+
+
+def _code_named(code: types.CodeType, name: str) -> types.CodeType:
+    """The code object of the function ``name`` defined in ``code`` (or in a class it defines)."""
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            if constant.co_name == name:
+                return constant
+            found = _code_named(constant, name)
+            if found is not None:
+                return found
+    return None  # type: ignore[return-value]
 
 
 def register_source(block: BlockCode) -> None:
@@ -135,8 +159,28 @@ def register_source(block: BlockCode) -> None:
 
 
 def new_function(code: types.CodeType, namespace: dict[str, Any]) -> Callable[..., dict[str, Any]]:
-    """The block's function with ``namespace`` (the variables it reads) as its globals."""
+    """The block's function with ``namespace`` (the variables it reads) as its globals.
+
+    Compiled in a class that uses ``super()`` or ``__class__``, it has the one free variable
+    ``__class__``: its cell holds the caller's class, read from the caller's frame.
+    """
     namespace["__builtins__"] = builtins
     namespace[LOCALS_NAME] = builtins.locals
     namespace.setdefault("__name__", "__afar_block__")
-    return types.FunctionType(code, namespace)
+    closure = None
+    if code.co_freevars:
+        closure = tuple(types.CellType(namespace.pop(name, None)) for name in code.co_freevars)
+    return types.FunctionType(code, namespace, None, None, closure)
+
+
+def call_block(
+    block: BlockCode, function: Callable[..., dict[str, Any]], namespace: dict[str, Any]
+) -> Callable[[], dict[str, Any]]:
+    """The call of the block's function: its seeds by name, the method's instance first."""
+    seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}
+    if block.instance is None:
+        return functools.partial(function, **seeds)
+    instance = (
+        seeds.pop(block.instance) if block.instance in seeds else namespace.get(block.instance)
+    )
+    return functools.partial(function, instance, **seeds)

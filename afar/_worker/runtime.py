@@ -18,7 +18,13 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from afar._worker.compiling import DISPLAY_NAME, BlockCode, block_and_code, new_function
+from afar._worker.compiling import (
+    DISPLAY_NAME,
+    BlockCode,
+    block_and_code,
+    call_block,
+    new_function,
+)
 from afar._worker.display import mimebundle
 from afar._worker.importer import use_modules
 from afar._worker.output import DISPLAY, capture_output
@@ -186,8 +192,7 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
         use_modules(modules, block.label)  # before unpickling: inputs may refer to them
     namespace = load_inputs(payload, block.label)
     namespace.update(futures)
-    seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}
-    function = new_function(code, namespace)
+    call = call_block(block, new_function(code, namespace), namespace)
     key = get_worker().get_current_task()
     if stream is None:
         capturing: Any = contextlib.nullcontext(None)
@@ -216,7 +221,7 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
                             timer.daemon = True
                             timer.start()
                         running.start()
-                        scope = function(**seeds)
+                        scope = call()
                     finally:
                         running.close()
                 except stop_error:
@@ -274,8 +279,7 @@ def run_here(
 ) -> dict[str, Any]:
     """Run a block in this process (``locally``): the same function, no pickling of inputs."""
     block, code = block_and_code(packed)
-    seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}
-    scope = new_function(code, namespace)(**seeds)
+    scope = call_block(block, new_function(code, namespace), namespace)()
     shown = scope.pop(DISPLAY_NAME, None)
     if show is not None and shown is not None:
         show(shown)

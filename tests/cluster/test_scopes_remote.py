@@ -189,3 +189,69 @@ def test_a_traceback_from_a_method_shows_the_users_line(scopes):
     shown = [f for f in frames if f.filename == scopes.__file__]
     assert shown, "".join(traceback.format_exception(raised.value))
     assert shown[-1].line == 'b = {}["missing"]  # the failing line'
+
+
+# -- what Python compiles differently inside a class ----------------------------------------------
+CLASS_MODULE = textwrap.dedent(
+    f'''\
+    import afar
+
+    TIMEOUT = {RESULT_TIMEOUT}
+
+    class Base:
+        def describe(self):
+            return "base"
+
+    class Child(Base):
+        def __init__(self):
+            self.__secret = 40  # stored as _Child__secret
+
+        def describe(self):
+            """super() with no arguments, __class__ and a private attribute, remotely."""
+            with afar.get(timeout=TIMEOUT), remotely:
+                told = (super().describe(), __class__.__name__, self.__secret + 2)
+            return told
+
+        def renamed(this):
+            """The instance is the first parameter, whatever its name."""
+            with afar.get(timeout=TIMEOUT), remotely:
+                told = super().describe() + "!"
+            return told
+
+        def run_then_fetch(self):
+            with afar.run, remotely:
+                told = self.__secret
+            return told.result(timeout=TIMEOUT)
+    '''
+)
+
+
+@pytest.fixture(scope="module")
+def classes(client, tmp_path_factory):
+    """A module of classes that travel by value (workers cannot import it)."""
+    import cloudpickle
+
+    path = tmp_path_factory.mktemp("classes") / "afar_classes.py"
+    path.write_text(CLASS_MODULE)
+    spec = importlib.util.spec_from_file_location("afar_classes", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        cloudpickle.register_pickle_by_value(module)
+        yield module
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+        sys.modules.pop(spec.name, None)
+
+
+def test_super_class_cell_and_private_names_in_a_method_block(classes):
+    assert classes.Child().describe() == ("base", "Child", 42)
+
+
+def test_super_takes_the_first_parameter_whatever_its_name(classes):
+    assert classes.Child().renamed() == "base!"
+
+
+def test_a_private_attribute_in_an_afar_run_block(classes):
+    assert classes.Child().run_then_fetch() == 40

@@ -171,3 +171,50 @@ def test_shared_global_keeps_line_numbers():
     shared = share_module_globals(site, text, analyse(site, text).assigned)
     assert shared.splitlines()[3] == "        nonlocal n; global other"
     assert len(shared.splitlines()) == len(text.splitlines())
+
+
+CLASS_SOURCE = '''
+import afar
+
+
+class Base:
+    def describe(self):
+        return "base"
+
+
+class Child(Base):
+    def __init__(self):
+        self.__secret = 40
+
+    def plainly(self):
+        return (super().describe(), __class__.__name__, self.__secret + 2)
+
+    def as_block(self):
+        with afar.get, locally:
+            told = (super().describe(), __class__.__name__, self.__secret + 2)
+        return told
+
+    def nested(self):
+        def inner(me):
+            with afar.get, locally:
+                told = (super().describe(), self.__secret)  # super() takes inner's `me`
+            return told
+
+        return inner(self)
+
+    def defines_a_private_name(self):
+        with afar.get, locally:
+            self.__other = 1
+            told = vars(self)
+        return told
+'''
+
+
+def test_a_method_block_compiles_as_the_method_does(load_module):
+    """Inside a class Python mangles __private names and gives super() the class cell and the
+    function's first argument: a block in a method gets the same."""
+    module = load_module(CLASS_SOURCE)
+    child = module.Child()
+    assert child.as_block() == child.plainly() == ("base", "Child", 42)
+    assert child.nested() == ("base", 40)
+    assert child.defines_a_private_name() == {"_Child__secret": 40, "_Child__other": 1}
