@@ -182,6 +182,16 @@ def check_top_level(site: Site) -> None:
                 site.filename,
                 node.lineno,  # type: ignore[attr-defined]
             )
+        if site.class_name and isinstance(node, ast.Name) and _is_private(node.id):
+            mangled = f"_{site.class_name.lstrip('_')}{node.id}"
+            raise BlockSyntaxError(
+                f"`{node.id}` is a private name: inside class {site.class_name} Python renames "
+                f"it to `{mangled}`, and afar cannot carry such a variable into or out of a "
+                "block. Use a name without two leading underscores (private attributes such "
+                f"as `self.{node.id}` work)",
+                site.filename,
+                node.lineno,
+            )
         if isinstance(node, ast.Nonlocal):
             # Refused here: symtable would only say "no binding for nonlocal ... found".
             name = node.names[0]
@@ -192,6 +202,11 @@ def check_top_level(site: Site) -> None:
                 node.lineno,
             )
     _check_loop_control(site, site.body, in_loop=False)
+
+
+def _is_private(name: str) -> bool:
+    """A name Python mangles inside a class: two leading underscores, not two trailing."""
+    return name.startswith("__") and not name.endswith("__")
 
 
 def _check_loop_control(site: Site, body: list[ast.stmt], in_loop: bool) -> None:

@@ -380,6 +380,21 @@ AT_THE_WITH = {
         "never assigns 'missing'.*Names it assigns: y",
         2,
     ),
+    "a-private-variable-in-a-method": (
+        """\
+        class Holder:
+            def method(self, effects):
+                with afar.run, locally:
+                    effects.append(1)
+                    __total = 1
+
+        def result(effects):
+            return Holder().method(effects)
+        """,
+        afar.BlockSyntaxError,
+        "`__total` is a private name: inside class Holder Python renames it to `_Holder__total`",
+        5,
+    ),
     "a-requested-name-only-read": (
         """\
         def result(effects):
