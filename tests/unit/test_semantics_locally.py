@@ -173,7 +173,7 @@ def test_shared_global_keeps_line_numbers():
     assert len(shared.splitlines()) == len(text.splitlines())
 
 
-CLASS_SOURCE = '''
+CLASS_SOURCE = """
 import afar
 
 
@@ -207,7 +207,7 @@ class Child(Base):
             self.__other = 1
             told = vars(self)
         return told
-'''
+"""
 
 
 def test_a_method_block_compiles_as_the_method_does(load_module):
