@@ -128,19 +128,20 @@ def compile_block(block: BlockCode) -> types.CodeType:
     for feature in block.future_features:  # this interpreter's own flags for them
         flags |= getattr(__future__, feature).compiler_flag
     module = compile(tree, block.filename, "exec", flags=flags, dont_inherit=True)
-    return _code_named(module, function.name)
+    found = _code_named(module, function.name)
+    if found is None:
+        raise TypeError(f"afar: the block at {block.label} did not compile to a function")
+    return found
 
 
-def _code_named(code: types.CodeType, name: str) -> types.CodeType:
+def _code_named(code: types.CodeType, name: str) -> types.CodeType | None:
     """The code object of the function ``name`` defined in ``code`` (or in a class it defines)."""
     for constant in code.co_consts:
         if isinstance(constant, types.CodeType):
-            if constant.co_name == name:
-                return constant
-            found = _code_named(constant, name)
+            found = constant if constant.co_name == name else _code_named(constant, name)
             if found is not None:
                 return found
-    return None  # type: ignore[return-value]
+    return None
 
 
 def register_source(block: BlockCode) -> None:
