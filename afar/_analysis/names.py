@@ -18,7 +18,6 @@ from afar._analysis.bindings import (
     COMPREHENSION,
     DEFINITION,
     DELETE,
-    IMPORT,
     PATTERN,
     STORE,
     bindings,
@@ -338,9 +337,10 @@ def last_bound_name(body: list[ast.stmt]) -> str | None:
     """The last name that the block's own statements bind, in source order.
 
     ``x: int`` binds nothing; ``del x`` unbinds; an ``except ... as`` name is unbound at the
-    handler's end; a comprehension's variables are its own.
+    handler's end; a comprehension's variables are its own. Imports do not count: a block that
+    imports ``json`` to use it must not bind the caller's ``json`` to a Future.
     """
-    kinds = (STORE, IMPORT, DEFINITION, PATTERN)
+    kinds = (STORE, DEFINITION, PATTERN)
     bound = [(b.position, b.name) for b in bindings(body) if b.kind in kinds]
     return max(bound)[1] if bound else None
 
