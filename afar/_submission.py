@@ -31,6 +31,7 @@ from afar._stream import OutputRouter, router_for
 from afar._tracebacks import shown_from_block
 from afar._variables import Entry, bind_results, names_in, seeds
 from afar._worker.output import STDERR, stream_identity
+from afar.errors import BlockSyntaxError
 
 # This process's stdout and stderr files: a worker that shares them does not echo there.
 _CLIENT_STREAMS = stream_identity()
@@ -118,6 +119,7 @@ class Submission:
         """Pickle the variables the block reads (not those of ``data=``, scattered instead) and
         find the user's modules it needs."""
         block, values = self.entry.block, self.values
+        _refuse_ipython_syntax(block, values)
         if self.data is not None:
             from_data = set(names_in(block, self.data))
             values = {n: v for n, v in values.items() if n not in from_data}
@@ -176,6 +178,27 @@ class Submission:
         results.sent(self, body)
         self.body = body
         return body
+
+
+def _refuse_ipython_syntax(block: Any, values: Mapping[str, Any]) -> None:
+    """IPython turns ``%magic`` and ``!command`` lines into ``get_ipython()`` calls, which the
+    block then reads: refused with what to write instead, not as a value that cannot travel."""
+    shell_function = values.get("get_ipython")
+    if shell_function is None or not _module_of(shell_function).startswith("IPython"):
+        return
+    site = block.site
+    raise BlockSyntaxError(
+        "IPython syntax (a %magic or a !command) cannot run in an afar block: IPython turns it "
+        "into get_ipython() calls, and the worker has no IPython shell. Put %%time (or "
+        "%%timeit) on the cell around the block, and run commands with subprocess.run inside "
+        "the block",
+        site.filename,
+        site.node.lineno,
+    )
+
+
+def _module_of(value: Any) -> str:
+    return str(getattr(value, "__module__", None) or "")
 
 
 # -- the drivers ----------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import pytest
 from distributed import Client, LocalCluster
 from IPython.core.interactiveshell import InteractiveShell
 
+import afar
+
 
 @pytest.fixture(scope="module")
 def kernel_like_shell(shell: InteractiveShell) -> Iterator[InteractiveShell]:
@@ -48,3 +50,19 @@ def test_ipython_shows_the_failing_line_of_a_remote_block(
     # The block's frame is shown at its line, with that line's source marked.
     assert "----> 3     ratio = fine / 0" in shown
     assert "----> 3 with afar.get" not in shown
+
+
+@pytest.mark.parametrize("line", ["%time elapsed = 1", "listing = !echo hi"])
+def test_ipython_syntax_in_a_remote_block_says_what_to_write(
+    kernel_like_shell: InteractiveShell, cluster_client: Client, line: str
+) -> None:
+    """IPython turns it into get_ipython() calls: refused before sending, not as a value that
+    cannot be pickled."""
+    kernel_like_shell.user_ns["cluster_client"] = cluster_client
+    result = kernel_like_shell.run_cell(
+        f"with afar.get, afar.remotely(client=cluster_client):\n    {line}\n"
+    )
+    error = result.error_in_exec
+    assert isinstance(error, afar.BlockSyntaxError), repr(error)
+    assert "IPython syntax (a %magic or a !command) cannot run in an afar block" in str(error)
+    assert "%%time" in str(error)
