@@ -30,7 +30,7 @@ from afar._submission import Pending, Results, Submission, submit, submit_async
 from afar._tracebacks import cause, note_block, shown_from_block
 from afar._variables import Entry, read_variables
 from afar._waiting import Values, stop
-from afar.errors import ClientError, LocationError, SavedNameError
+from afar.errors import AfarError, ClientError, LocationError, SavedNameError
 
 
 @dataclass(frozen=True)
@@ -102,15 +102,28 @@ class Run:
 
     # -- the with protocol ------------------------------------------------------------------
     def __enter__(self) -> MutableMapping[str, Any]:
-        return self._enter(sys._getframe(1))
+        __tracebackhide__ = True
+        try:
+            return self._enter(sys._getframe(1))
+        except AfarError as error:
+            # What afar refuses is the user's with statement: its traceback ends there (and
+            # in this frame), not in afar's checks.
+            raise error.with_traceback(None) from error.__cause__
 
     async def __aenter__(self) -> MutableMapping[str, Any]:
-        return self._enter(sys._getframe(1))
+        __tracebackhide__ = True
+        try:
+            return self._enter(sys._getframe(1))
+        except AfarError as error:
+            raise error.with_traceback(None) from error.__cause__
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         __tracebackhide__ = True
         entry = self._pop()
-        location = self._location(entry, exc, tb)
+        try:
+            location = self._location(entry, exc, tb)
+        except AfarError as error:
+            raise error.with_traceback(None) from error.__cause__  # see __enter__
         if location is None:
             return False
         # Written out here, in __aexit__ and in run_source rather than shared in a helper: the
@@ -129,7 +142,10 @@ class Run:
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         __tracebackhide__ = True
         entry = self._pop()
-        location = self._location(entry, exc, tb)
+        try:
+            location = self._location(entry, exc, tb)
+        except AfarError as error:
+            raise error.with_traceback(None) from error.__cause__  # see __enter__
         if location is None:
             return False
         try:

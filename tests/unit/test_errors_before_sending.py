@@ -8,12 +8,15 @@ from __future__ import annotations
 import linecache
 import textwrap
 import traceback
+from pathlib import Path
 
 import distributed
 import pytest
 from unit_helpers import exec_registered, fake_filename, register
 
 import afar
+
+AFAR_DIR = str(Path(afar.__file__).parent)
 
 # (source defining result(effects), exception, message pattern, line named by the error or None)
 # The line numbers count from the first line of the source below "import ...".
@@ -607,6 +610,11 @@ def test_error_at_the_with_in_a_module_file(load_module, effects, source, error,
     if isinstance(info.value, afar.BlockSyntaxError):
         assert info.value.filename == module.__file__
         assert info.value.lineno == PRELUDE_LINES + line
+    if isinstance(info.value, afar.AfarError):
+        # The traceback ends at the user's with statement: one frame of afar's at most.
+        frames = traceback.extract_tb(info.value.__traceback__)
+        afar_frames = [f for f in frames if f.filename.startswith(AFAR_DIR)]
+        assert len(afar_frames) <= 1, "".join(traceback.format_exception(info.value))
 
 
 @pytest.mark.parametrize(
