@@ -161,7 +161,7 @@ class _LateOutput:
         else:
             self.segments.append([owner, stream, [text]])
 
-    def adddisplay_bundle(self, owner: object, bundle: dict[str, Any]) -> list[Any]:
+    def add_display(self, owner: object, bundle: dict[str, Any]) -> list[Any]:
         """Add a bundle; the segment returned may have its bundle (``[2]``) replaced later."""
         segment = [owner, "display", bundle]
         self.segments.append(segment)
@@ -251,7 +251,7 @@ class CellSink:
             if late is None:
                 in_empty_context(display_bundle, bundle)
             else:
-                late.adddisplay_bundle(self, bundle)
+                late.add_display(self, bundle)
                 late.changed(self._tracker)
 
     def progress(self, label: str, counts: dict[str, Any]) -> None:
@@ -271,7 +271,7 @@ class CellSink:
                 self._progress = in_empty_context(display_bundle, bundle, display_id=True)
             else:
                 if self._late_progress is None:
-                    self._late_progress = late.adddisplay_bundle(self, bundle)
+                    self._late_progress = late.add_display(self, bundle)
                 else:
                     self._late_progress[2] = bundle
                 if counts.get("end"):
