@@ -13,6 +13,7 @@ afar.run's (a Future per saved name, bound at once; a failure nobody waits for i
 from __future__ import annotations
 
 import asyncio
+import builtins
 import sys
 import threading
 import traceback
@@ -45,6 +46,7 @@ class Outgoing:
     futures: dict[str, Any]  # variables holding Futures
     modules: tuple[tuple[str, str], ...]  # (name, digest) of the user's modules it needs
     versions: list[Any]  # those modules' versions, sent to the workers once
+    displays: tuple[str, ...] = ()  # names of IPython's display: the worker's shows in the cell
 
 
 @dataclass
@@ -120,13 +122,16 @@ class Submission:
         find the user's modules it needs."""
         block, values = self.entry.block, self.values
         _refuse_ipython_syntax(block, values)
-        if self.data is not None:
-            from_data = set(names_in(block, self.data))
-            values = {n: v for n, v in values.items() if n not in from_data}
+        displays = _display_names(block, values)
+        if self.data is not None or displays:
+            left_out = set(names_in(block, self.data) if self.data is not None else ()) | {
+                *displays
+            }
+            values = {n: v for n, v in values.items() if n not in left_out}
         plain, futures = _remote.split_inputs(values)
         payload, referenced = _remote.pickle_inputs(plain, block.label)
         modules, versions = _modules.needed(block.imports, referenced, block.label)
-        return Outgoing(payload, futures, modules, versions)
+        return Outgoing(payload, futures, modules, versions, displays)
 
     def send(self) -> Future:
         """Submit the body (and getters for afar.run); bind Futures; return the body's Future."""
@@ -173,6 +178,7 @@ class Submission:
             key,
             limit,
             outgoing.modules,
+            outgoing.displays,
         )
         _track(self.pending, entry, body, futures, router, sink, results.reports_failures)
         results.sent(self, body)
@@ -194,6 +200,31 @@ def _refuse_ipython_syntax(block: Any, values: Mapping[str, Any]) -> None:
         "the block",
         site.filename,
         site.node.lineno,
+    )
+
+
+def _display_names(block: Any, values: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names the block reads that hold IPython's ``display``, also as the builtin that
+    IPython adds while it runs: the worker gives them a ``display`` of its own, whose objects
+    are shown with the block's output (IPython's own would print their repr there)."""
+    if "IPython" not in sys.modules:
+        return ()
+    names = [name for name, value in values.items() if _is_ipython_display(value)]
+    builtin = getattr(builtins, "display", None)
+    if (
+        "display" in block.analysis.reads
+        and "display" not in values
+        and _is_ipython_display(builtin)
+    ):
+        names.append("display")
+    return tuple(names)
+
+
+def _is_ipython_display(value: Any) -> bool:
+    return (
+        callable(value)
+        and getattr(value, "__name__", None) == "display"
+        and _module_of(value).startswith("IPython")
     )
 
 

@@ -9,6 +9,30 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from afar._worker.protocol import DISPLAY
+
+
+class Displayer:
+    """What IPython's ``display`` becomes in a block: each object's representations, sent with
+    the block's output, so that a notebook cell shows them as ``display`` would there.
+
+    ``emitter`` is the block's output emitter once capture starts; without one (quiet, or not
+    on a worker) each object's plain text is printed, as ``display`` does outside IPython.
+    Keyword options of IPython's (``display_id``, ``metadata``...) other than ``raw`` are not
+    carried.
+    """
+
+    def __init__(self) -> None:
+        self.emitter: Any = None
+
+    def __call__(self, *objects: Any, raw: bool = False, **options: Any) -> None:
+        for value in objects:
+            bundle = value if raw and isinstance(value, dict) else mimebundle(value)
+            if self.emitter is not None:
+                self.emitter.send(DISPLAY, bundle)
+            else:
+                print(bundle.get("text/plain", ""))
+
 
 def mimebundle(value: Any) -> dict[str, str]:
     """The value's rich representations, computed where the value lives (IPython's protocol)."""

@@ -25,7 +25,7 @@ from afar._worker.compiling import (
     call_block,
     new_function,
 )
-from afar._worker.display import mimebundle
+from afar._worker.display import Displayer, mimebundle
 from afar._worker.importer import use_modules
 from afar._worker.output import DISPLAY, capture_output
 from afar._worker.progress import watch_progress
@@ -170,9 +170,10 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
     ``packed`` is the pickled ``BlockCode``; ``payload`` the pickled plain variables the block
     reads, ``futures`` those that held Dask Futures (resolved by Dask). Those named by
     ``block.seeds`` are passed as parameters: the block may read them before assigning them.
-    ``settings`` pickles ``(stream, strict, limit, modules)``. ``stream`` is ``(topic, the
-    client's stream identity, progress)`` for output (None: not captured); with ``progress``,
-    the counts of the Dask work the block submits are sent too.
+    ``settings`` pickles ``(stream, strict, limit, modules, displays)``; ``displays`` names the
+    variables that held IPython's ``display`` on the client (see ``Displayer``). ``stream`` is
+    ``(topic, the client's stream identity, progress)`` for output (None: not captured); with
+    ``progress``, the counts of the Dask work the block submits are sent too.
     With ``strict``, every saved name must have been assigned (``afar.get``); otherwise missing
     ones are left out (getter tasks raise). ``limit``: seconds the block may run. ``modules``
     names the versions of the client's own modules the block needs, as ``(name, digest)`` pairs
@@ -186,12 +187,14 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
     """
     from distributed import get_worker
 
-    stream, strict, limit, modules = pickle.loads(settings)
+    stream, strict, limit, modules, displays = pickle.loads(settings)
     block, code = block_and_code(packed)
     if modules:
         use_modules(modules, block.label)  # before unpickling: inputs may refer to them
     namespace = load_inputs(payload, block.label)
     namespace.update(futures)
+    displayer = Displayer() if displays else None
+    namespace.update(dict.fromkeys(displays, displayer))
     call = call_block(block, new_function(code, namespace), namespace)
     key = get_worker().get_current_task()
     if stream is None:
@@ -212,6 +215,8 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
     try:
         with capturing as emitter:
             running.emitter = emitter if hasattr(emitter, "stop") else None  # None: quiet
+            if displayer is not None:
+                displayer.emitter = running.emitter
             watcher = watch_progress(emitter) if progress else None
             try:
                 try:

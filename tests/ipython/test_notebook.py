@@ -97,6 +97,20 @@ def test_markdown_shows_as_markdown(executed):
     assert shown.data["text/markdown"] == "**computed** on a worker"
 
 
+def test_display_in_a_block_shows_each_object_in_the_cell(executed):
+    """IPython's display() (the builtin a notebook has) on a worker: rendered in the cell, in
+    order, not printed as the objects' repr."""
+    notebook, _, _ = executed
+    _, cell = code_cell(notebook, 'display(Markdown(f"**step {step}**')
+    shown = [o.data for o in cell.outputs if o.output_type == "display_data" and o.data]
+    assert [data.get("text/markdown") for data in shown] == [
+        "**step 0**, displayed on a worker",
+        "**step 1**, displayed on a worker",
+    ]
+    # Not printed: IPython's own display without a shell (the worker's) would print the repr.
+    assert [o for o in cell.outputs if o.output_type == "stream"] == []
+
+
 def test_afar_get_shows_a_transient_indicator_while_it_waits(executed):
     notebook, client, _ = executed
     index, _ = code_cell(notebook, 'Markdown("**computed** on a worker")')
