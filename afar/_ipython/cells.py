@@ -45,6 +45,7 @@ import time
 import weakref
 from typing import Any
 
+from afar._ipython import shell as running_shell
 from afar._ipython.kernel import current_stream, display_bundle, in_empty_context, kernel_shell
 from afar._ipython.rendering import (
     EMPTY_BUNDLE,
@@ -114,7 +115,10 @@ class _Tracker:
             open_sinks = [sink for sink in cell.sinks if not sink.closed]
             cell.sinks.clear()
             if open_sinks:
-                late = _LateOutput(display_bundle(EMPTY_BUNDLE, display_id=True))
+                # The kernel's own publisher, as it is between cells: a later cell's %%capture
+                # replaces the shell's for a while, and must not take this cell's updates.
+                publisher = running_shell().display_pub
+                late = _LateOutput(display_bundle(EMPTY_BUNDLE, display_id=True), publisher)
                 for sink in open_sinks:
                     sink.late = late
 
@@ -138,8 +142,9 @@ def tracker_for(shell: Any) -> _Tracker:
 class _LateOutput:
     """The display that holds a cell's block output arriving after the cell finished."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, publisher: Any) -> None:
         self.handle = handle
+        self.publisher = publisher
         # [owner, kind, data]: consecutive text of one stream from one sink is merged.
         self.segments: list[list[Any]] = []
         self.chars = 0
@@ -205,7 +210,16 @@ class _LateOutput:
         self.sent_at = time.monotonic()
         if tracker.current is None:
             tracker.stale.add(self)
-        in_empty_context(self.handle.update, self.bundle(), raw=True)
+        # What DisplayHandle.update does, through the kernel's publisher rather than whatever
+        # the shell's is now.
+        transient = {"display_id": self.handle.display_id}
+        in_empty_context(
+            self.publisher.publish,
+            data=self.bundle(),
+            metadata={},
+            transient=transient,
+            update=True,
+        )
 
 
 class CellSink:

@@ -104,6 +104,22 @@ def test_late_output_updates_that_display(tracker, in_cell, shell, recorder):
     assert len(displays(recorder, "display_data")) == 1
 
 
+def test_late_output_during_a_later_captured_cell_still_updates_its_display(
+    tracker, in_cell, shell, recorder
+):
+    """%%capture in a later cell replaces the shell's publisher for that cell only: the block's
+    late output is the block's cell's, not captured there."""
+    sink = in_cell(lambda: CellSink(tracker, "x.py:1"))
+    shell.user_ns["_afar_late_sink"] = sink
+    ok(shell, '%%capture captured\n_afar_late_sink.write("stdout", "late line\\n")')
+    assert recorder.wait_for(
+        lambda messages: messages[-1]["data"].get("text/plain") == "late line\n",
+        EVENT_TIMEOUT_SECONDS,
+    )
+    assert recorder.messages[-1]["type"] == "update_display_data"
+    assert shell.user_ns["captured"].outputs == []
+
+
 def test_blocks_of_one_cell_share_one_display(tracker, in_cell, recorder):
     first, second = in_cell(lambda: (CellSink(tracker, "x.py:1"), CellSink(tracker, "x.py:5")))
     assert len(recorder.messages) == 1
