@@ -96,6 +96,12 @@ def source_text(frame: types.FrameType) -> str:
         text = ipython_magic_cell()
         if text is not None:
             return text
+        if filename in IPYTHON_TIME_FILENAMES:  # not a %%time cell: the %time line magic
+            raise SourceError(
+                "afar needs the source of the block, but IPython's %time line magic keeps "
+                "none: put the block in a cell and time the whole cell with %%time on its "
+                "first line."
+            )
     # A module edited and reloaded (importlib.reload, IPython's autoreload) runs new code while
     # linecache still holds the old text: refresh the entry first, as `executing` does, and keep
     # it if the file has gone (a name that only exists in linecache).

@@ -254,6 +254,13 @@ def test_time_cell_with_a_block(shell, capsys):
     assert "Wall time" in capsys.readouterr().out
 
 
+def test_time_line_magic_with_a_block_points_to_the_cell_magic(shell):
+    result = run(shell, "%time with afar.get, locally: timed = 1")
+    assert isinstance(result.error_in_exec, afar.SourceError), repr(result.error_in_exec)
+    assert "%time line magic" in str(result.error_in_exec)
+    assert "%%time on its first line" in str(result.error_in_exec)
+
+
 def test_timeit_cell_with_a_block(shell, capsys):
     ok(shell, "runs = []")
     ok(shell, "%%timeit -n 2 -r 1\nwith afar.run, locally:\n    runs.append(base)")
