@@ -44,7 +44,9 @@ class Site:
 
     @cached_property
     def label(self) -> str:
-        return f"{short_filename(self.filename)}:{self.node.lineno}"
+        """``script.py:12``; in IPython, a cell as its tracebacks name it: ``In[6]:2``."""
+        name = ipython_cell_name(self.filename) or short_filename(self.filename)
+        return f"{name}:{self.node.lineno}"
 
     @property
     def body(self) -> list[ast.stmt]:
@@ -52,6 +54,19 @@ class Site:
 
     def where(self, lineno: int | None = None) -> str:
         return f'File "{self.filename}", line {lineno or self.node.lineno}'
+
+
+def ipython_cell_name(filename: str) -> str | None:
+    """``In[6]`` for the file name IPython compiled cell 6 under, else None."""
+    shell = _ipython.shell()
+    format_code_name = getattr(getattr(shell, "compile", None), "format_code_name", None)
+    if format_code_name is None:
+        return None
+    try:
+        named = format_code_name(filename)
+    except Exception:  # another shell's compiler: keep the file's own name
+        return None
+    return str(named[1]) if isinstance(named, tuple) and len(named) == 2 else None
 
 
 def short_filename(filename: str) -> str:

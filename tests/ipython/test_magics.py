@@ -254,6 +254,14 @@ def test_time_cell_with_a_block(shell, capsys):
     assert "Wall time" in capsys.readouterr().out
 
 
+def test_a_block_in_a_cell_is_labelled_as_ipython_names_the_cell(shell):
+    """Labels (in keys, reports and notices) name the cell as IPython's tracebacks do."""
+    ok(shell, "labelled = afar.run()")
+    result = run(shell, "x = 1\nwith labelled, later:\n    y = x")
+    number = result.execution_count
+    assert shell.user_ns["labelled"].captured.label == f"In[{number}]:2"
+
+
 def test_time_line_magic_with_a_block_points_to_the_cell_magic(shell):
     result = run(shell, "%time with afar.get, locally: timed = 1")
     assert isinstance(result.error_in_exec, afar.SourceError), repr(result.error_in_exec)
