@@ -123,10 +123,10 @@ class Submission:
         block, values = self.entry.block, self.values
         _refuse_ipython_syntax(block, values)
         displays = _display_names(block, values)
-        if self.data is not None or displays:
-            left_out = set(names_in(block, self.data) if self.data is not None else ()) | {
-                *displays
-            }
+        left_out = set(displays)  # the worker has a display of its own for these
+        if self.data is not None:
+            left_out.update(names_in(block, self.data))
+        if left_out:
             values = {n: v for n, v in values.items() if n not in left_out}
         plain, futures = _remote.split_inputs(values)
         payload, referenced = _remote.pickle_inputs(plain, block.label)
