@@ -91,6 +91,7 @@ class Submission:
     """One block on its way to the cluster: its inputs, its task, its tracking."""
 
     body: Future  # the body's Future, once sent
+    sink: Sink | None = None  # the notebook cell's sink of its output, once sent
 
     def __init__(
         self,
@@ -181,6 +182,7 @@ class Submission:
             outgoing.displays,
         )
         _track(self.pending, entry, body, futures, router, sink, results.reports_failures)
+        self.sink = sink
         results.sent(self, body)
         self.body = body
         return body

@@ -45,7 +45,11 @@ class Values(Results):
 
     def wait(self, submission: Submission) -> None:
         __tracebackhide__ = True
-        bind_results(submission.entry, wait_values(submission.body, submission.entry, self.timeout))
+        try:
+            values = wait_values(submission.body, submission.entry, self.timeout)
+        finally:
+            _close_sink(submission)
+        bind_results(submission.entry, values)
 
     async def wait_async(self, submission: Submission) -> None:
         body, entry = submission.body, submission.entry
@@ -62,7 +66,18 @@ class Values(Results):
             if inspect.isawaitable(cancelling):  # an asynchronous client's cancel
                 await cancelling
             raise
+        finally:
+            _close_sink(submission)
         bind_results(entry, values)
+
+
+def _close_sink(submission: Submission) -> None:
+    """The wait is over, so the block is over for its cell: its output has arrived (Dask
+    delivers a task's events before its result), and the cell must not keep a display for
+    output that will not come, as it would if the Future's done-callback closed it later."""
+    close = getattr(submission.sink, "close", None)
+    if close is not None:
+        close()
 
 
 def wait_values(body: Future, entry: Entry, timeout: float | None) -> dict[str, Any]:
