@@ -9,11 +9,13 @@ annotations``. Each is a function of one module file that the test writes and im
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import textwrap
 import traceback
 
+import cloudpickle
 import pytest
 from _remote_helpers import RESULT_TIMEOUT
 
@@ -147,18 +149,30 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def scopes(client, tmp_path_factory):
-    path = tmp_path_factory.mktemp("scopes") / "afar_scopes.py"
-    path.write_text(SCOPES_MODULE)
-    spec = importlib.util.spec_from_file_location("afar_scopes", path)
+@contextlib.contextmanager
+def imported_module(folder, name: str, source: str, *, by_value: bool = False):
+    """``source`` written to ``folder`` and imported as module ``name`` for the duration; with
+    ``by_value``, its functions and classes travel pickled by value (workers cannot import it)."""
+    path = folder / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     try:
         spec.loader.exec_module(module)
+        if by_value:
+            cloudpickle.register_pickle_by_value(module)
         yield module
     finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
         sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="module")
+def scopes(client, tmp_path_factory):
+    with imported_module(tmp_path_factory.mktemp("scopes"), "afar_scopes", SCOPES_MODULE) as module:
+        yield module
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASES.keys())
@@ -229,20 +243,9 @@ CLASS_MODULE = textwrap.dedent(
 @pytest.fixture(scope="module")
 def classes(client, tmp_path_factory):
     """A module of classes that travel by value (workers cannot import it)."""
-    import cloudpickle
-
-    path = tmp_path_factory.mktemp("classes") / "afar_classes.py"
-    path.write_text(CLASS_MODULE)
-    spec = importlib.util.spec_from_file_location("afar_classes", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-        cloudpickle.register_pickle_by_value(module)
+    folder = tmp_path_factory.mktemp("classes")
+    with imported_module(folder, "afar_classes", CLASS_MODULE, by_value=True) as module:
         yield module
-    finally:
-        cloudpickle.unregister_pickle_by_value(module)
-        sys.modules.pop(spec.name, None)
 
 
 def test_super_class_cell_and_private_names_in_a_method_block(classes):
