@@ -141,8 +141,7 @@ class Submission:
         outgoing = self.outgoing
         futures = outgoing.futures
         if self.data is not None:
-            from_data = names_in(block, self.data)
-            _remote.scatter_data(client, self.data, from_data)
+            from_data = names_in(block, self.data)  # scattered by the driver: Futures now
             values.update({n: self.data[n] for n in from_data})
             futures = {**futures, **{n: self.data[n] for n in from_data}}
         limit = location.timeout
@@ -209,8 +208,6 @@ def _display_names(block: Any, values: Mapping[str, Any]) -> tuple[str, ...]:
     """The names the block reads that hold IPython's ``display``, also as the builtin that
     IPython adds while it runs: the worker gives them a ``display`` of its own, whose objects
     are shown with the block's output (IPython's own would print their repr there)."""
-    if "IPython" not in sys.modules:
-        return ()
     names = [name for name, value in values.items() if _is_ipython_display(value)]
     builtin = getattr(builtins, "display", None)
     if (
@@ -237,9 +234,7 @@ def _module_of(value: Any) -> str:
 # -- the drivers ----------------------------------------------------------------------------------
 def submit(submission: Submission) -> None:
     """Send a block from synchronous code (the wait, for afar.get, is the caller's next step)."""
-    client = submission.client
-    ensure_runtime(client)
-    _modules.ensure_sent(client, submission.outgoing.versions)  # a round trip for new versions
+    _before_sending(submission)
     submission.send()
 
 
@@ -270,7 +265,8 @@ async def submit_async(submission: Submission) -> None:
 
 
 def _before_sending(submission: Submission) -> None:
-    """What a synchronous client must do before ``send``, each a round trip when needed."""
+    """What a synchronous client does before ``send``, each a round trip when needed: register
+    afar's plugin, send new versions of the user's modules, scatter ``data=``."""
     client, data = submission.client, submission.data
     ensure_runtime(client)
     _modules.ensure_sent(client, submission.outgoing.versions)
