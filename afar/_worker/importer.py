@@ -92,10 +92,13 @@ class ModuleFinder:
                 sys.modules.pop(other, None)
 
     # -- importlib's finder and loader protocol ---------------------------------------------
+    # find_spec and get_source run on the block's thread, where a stop may be raised at any
+    # bytecode: they take no lock (CPython 3.14 can leave a lock taken by ``with`` when one
+    # lands right after it was taken, cpython#148874). Each reads one dict entry, atomically;
+    # ``add`` puts a source in before the name that points to it.
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        with self.lock:
-            digest = self.active.get(name)
-            source = self.sources.get(digest) if digest is not None else None
+        digest = self.active.get(name)
+        source = self.sources.get(digest) if digest is not None else None
         if source is None:
             return None
         loader: Any = self  # the finder loads what it finds
@@ -121,8 +124,7 @@ class ModuleFinder:
         exec(code, module.__dict__)
 
     def get_source(self, name: str) -> str | None:
-        with self.lock:
-            source = self.sources.get(self.active.get(name, ""))
+        source = self.sources.get(self.active.get(name, ""))
         if source is None or source.kind == NAMESPACE:
             return None
         return importlib.util.decode_source(source.text)

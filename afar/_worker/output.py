@@ -44,6 +44,7 @@ client is told when the limit is hit and, at the end, how much was dropped.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import secrets
@@ -195,8 +196,17 @@ def _file_identity(descriptor: int) -> list[int] | None:
 
 
 class _Forwarder(Emitter):
-    """One block thread's output on its way to the client: a ``Batcher`` behind a lock, a timer
-    on the worker's event loop, and ``Worker.log_event``; stops forwarding if sending fails."""
+    """One block thread's output on its way to the client: an inbox the block's thread fills
+    without a lock, a ``Batcher`` that the worker's event loop feeds from it, a timer on that
+    loop, and ``Worker.log_event``; stops forwarding if sending fails.
+
+    The block's thread never takes the lock while the block runs: a stop is raised there at any
+    bytecode (``afar._worker.stopping``), and on CPython 3.14 one raised right after ``with
+    lock:`` took the lock skips the ``with``'s exit (cpython#148874), which would leave the lock
+    taken and the worker's event loop waiting for it. Its writes go into a ``deque`` (an append
+    is one C call: it happens whole or not at all) and the loop batches them. The lock is the
+    loop's, the stopping thread's, and the block's thread's only before and after the block.
+    """
 
     __slots__ = (
         "_batcher",
@@ -206,12 +216,14 @@ class _Forwarder(Emitter):
         "_closed",
         "_header",
         "_ident",
+        "_inbox",
         "_label",
         "_lock",
         "_previous",
         "_seq",
         "_timer_armed",
         "_topic",
+        "_woken",
         "_worker",
         "teeing",
         "unechoed",
@@ -236,6 +248,9 @@ class _Forwarder(Emitter):
         self._label = label
         self._lock = threading.Lock()
         self._batcher = Batcher(max_chars)
+        # (kind, data, time of the write) from the block's thread, in order; taken under the lock.
+        self._inbox: collections.deque[tuple[str, Any, float]] = collections.deque()
+        self._woken = False  # a drain of the inbox is queued on the loop
         self._header: dict[str, Any] | None = None
         self._seq = 0
         self._timer_armed = False
@@ -254,74 +269,87 @@ class _Forwarder(Emitter):
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        # On the block's thread after the block: no stop can come any more (see the class).
         captures = self._captures
         if self._previous is None:
             captures.pop(self._ident, None)
         else:
             captures[self._ident] = self._previous
         with self._lock:
-            self._closed = True
-            events = self._batcher.close()
-            if events and not self._broken:
-                try:
-                    self._send_locked(events, from_loop=False)
-                except Exception:
-                    # Never replace the block's own outcome with a failure to report its output.
-                    self._break_locked()
-
-    # Called by routers, on the block's thread.
-    def record(self, stream: str, text: str) -> None:
-        if not text or self._broken:
-            return
-        with self._lock:
-            if self._closed:
+            if self._broken:
+                self._closed = True
                 return
             try:
-                events = self._batcher.write(stream, text, _now())
+                self._drain_locked(from_loop=False)
+                self._closed = True
+                events = self._batcher.close()
                 if events:
                     self._send_locked(events, from_loop=False)
-                if self._batcher.deadline is not None and not self._timer_armed:
-                    self._timer_armed = True
-                    # call_later must run on the loop; add_callback is the thread-safe way there.
-                    self._worker.loop.add_callback(self._arm_timer)
             except Exception:
-                # A print must not fail because its output could not be forwarded (e.g. the
-                # worker is closing): stop forwarding instead.
+                # Never replace the block's own outcome with a failure to report its output.
                 self._break_locked()
+            self._closed = True
+
+    # Called by routers, on the block's thread: no lock (see the class).
+    def record(self, stream: str, text: str) -> None:
+        if not text or self._closed or self._broken:
+            return
+        self._inbox.append((stream, text, _now()))
+        self._wake()
 
     def send(self, kind: str, payload: Any = None) -> None:
-        with self._lock:
-            if self._closed:
-                raise RuntimeError(f"output capture of {self._label} has ended; cannot send {kind}")
-            if self._broken:
-                return
-            worker = self._worker
-            from_loop = worker.thread_id == _get_ident()
+        if self._closed:
+            raise RuntimeError(f"output capture of {self._label} has ended; cannot send {kind}")
+        if self._broken:
+            return
+        _check_sendable(kind, payload)  # here, so that a bad payload raises where it is sent
+        self._inbox.append((kind, payload, _now()))
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._woken:
+            self._woken = True  # before the callback: the drain clears it before it reads
             try:
-                events = self._batcher.take()
-                if events:
-                    self._send_locked(events, from_loop=from_loop)
-                message = self._message([[kind, payload]])
-                if from_loop:
-                    # Queued behind the batches the block's thread has queued (see _send_locked).
-                    worker.loop.add_callback(worker.log_event, self._topic, message)
-                else:
-                    # From a task thread, log_event checks that the payload serialises before
-                    # queueing anything: a bad payload raises here and costs no sequence number.
-                    worker.log_event(self._topic, message)
-            except TypeError:
-                raise
+                # add_callback is the thread-safe way onto the loop.
+                self._worker.loop.add_callback(self._drain)
+            except Exception:
+                # A print must not fail because its output could not be forwarded (e.g. the
+                # worker is closing): what is in the inbox goes with the block's end.
+                self._woken = False
+
+    def _drain(self) -> None:
+        """On the loop: feed the inbox to the batcher, send what is due, arm the timer."""
+        with self._lock:
+            self._woken = False
+            if self._closed or self._broken:
+                return
+            try:
+                self._drain_locked(from_loop=True)
+                if self._batcher.deadline is not None and not self._timer_armed:
+                    self._timer_armed = True
+                    self._arm_timer()
             except Exception:
                 self._break_locked()
-                return
-            self._seq += 1
+
+    def _drain_locked(self, *, from_loop: bool) -> None:
+        inbox, batcher = self._inbox, self._batcher
+        while inbox:
+            kind, data, when = inbox.popleft()
+            if kind in TEXT_KINDS:
+                events = batcher.write(kind, data, when)
+            else:
+                # After all text written before it, in an event of its own.
+                events = [*batcher.take(), [[kind, data]]]
+            if events:
+                self._send_locked(events, from_loop=from_loop)
 
     def stop(self, *, keep: bool, notice: str | None = None) -> None:
         """The block is being stopped: capture nothing more of it, from any thread.
 
         With ``keep``, output written so far is still sent (a block past its time limit); else
         it is dropped (a cancelled block: nobody waits for it). ``notice`` (a line of afar's) is
-        sent on the block's stderr even after the capture has stopped.
+        sent on the block's stderr even after the capture has stopped. Not called on the block's
+        thread while the block runs (``afar._worker.stopping`` calls it from the stopping one).
         """
         with self._lock:
             if self._broken:
@@ -329,12 +357,15 @@ class _Forwarder(Emitter):
             try:
                 if not self._closed:
                     self._closed = True
+                    if keep:
+                        self._drain_locked(from_loop=False)
+                    else:
+                        self._inbox.clear()
                     events = self._batcher.stop(keep=keep)
                     if events:
                         self._send_locked(events, from_loop=False)
                 if notice is not None:
-                    self._worker.log_event(self._topic, self._message([[NOTICE, notice]]))
-                    self._seq += 1
+                    self._send_locked([[[NOTICE, notice]]], from_loop=False)
             except Exception:
                 self._break_locked()
 
@@ -346,13 +377,14 @@ class _Forwarder(Emitter):
     def _on_timer(self) -> None:
         with self._lock:
             self._timer_armed = False
-            if self._broken:
+            if self._broken or self._closed:
                 return
             try:
+                self._drain_locked(from_loop=True)
                 events = self._batcher.tick(_now())
                 if events:
                     self._send_locked(events, from_loop=True)
-                if self._batcher.deadline is not None and not self._closed:
+                if self._batcher.deadline is not None:
                     self._timer_armed = True
                     self._arm_timer()  # on the loop already
             except Exception:
@@ -363,9 +395,9 @@ class _Forwarder(Emitter):
         for items in events:
             message = self._message(items)
             if from_loop:
-                # Worker.log_event sends at once on the loop thread, but queues a callback from a
-                # task thread; a direct send here could overtake a batch the block's thread has
-                # queued already. Queueing this one too keeps batches in sequence order.
+                # Worker.log_event sends at once on the loop thread, but queues a callback from
+                # another thread; a direct send here could overtake a batch queued from there
+                # already. Queueing this one too keeps batches in sequence order.
                 worker.loop.add_callback(worker.log_event, topic, message)
             else:
                 worker.log_event(topic, message)
@@ -387,6 +419,19 @@ class _Forwarder(Emitter):
 
     def _break_locked(self) -> None:
         self._broken = True
+        self._inbox.clear()
         self._batcher.stop(keep=False)
         # Logged after _broken is set: this record may come back through the router.
         _logger.warning("afar: stopped forwarding the output of %s", self._label, exc_info=True)
+
+
+def _check_sendable(kind: str, payload: Any) -> None:
+    """A payload msgpack cannot send raises TypeError where it is sent, as log_event would."""
+    import msgpack
+
+    try:
+        msgpack.dumps(payload)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise TypeError(
+            f"afar: the {kind} item cannot be sent to the client (msgpack: {error})"
+        ) from None

@@ -160,8 +160,7 @@ def ended_process(error: BaseException, label: str) -> RuntimeError:
         "worker's process: afar ended the block instead"
     )
     setattr(ended, ENDED_ATTRIBUTE, (kind, error.args))
-    # Without this frame's own entry: it is added again as the error leaves it.
-    return ended.with_traceback(error.__traceback__.tb_next if error.__traceback__ else None)
+    return ended.with_traceback(error.__traceback__)
 
 
 def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: bytes) -> Any:
@@ -219,22 +218,27 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
                 displayer.emitter = running.emitter
             watcher = watch_progress(emitter) if progress else None
             try:
-                try:
-                    try:
-                        if limit is not None:
-                            timer = threading.Timer(limit, running.stop, ("timeout",))
-                            timer.daemon = True
-                            timer.start()
-                        running.start()
-                        scope = call()
-                    finally:
-                        running.close()
-                except stop_error:
-                    running.close()  # if the stop landed in the first close
+                if limit is not None:
+                    timer = threading.Timer(limit, running.stop, ("timeout",))
+                    timer.daemon = True
+                    timer.start()
+                # Past this call no stop is pending for this thread or can come (see Running).
+                returned, scope = running.call(call)
+            finally:
+                if watcher is not None:
+                    watcher.stop()
+            if not returned:
+                error = scope
+                if isinstance(error, stop_error):
+                    # Let go of the block's frames (and the Futures they hold, which cancels
+                    # the work they started) now, not after ``rejoin`` below, which may wait.
+                    del error, scope
                     return running.timed_out() if running.reason == "timeout" else None
-                except ModuleNotFoundError as error:
-                    if not (error.name and _raised_by_block(error, block)):
-                        raise
+                if (
+                    isinstance(error, ModuleNotFoundError)
+                    and error.name
+                    and _raised_by_block(error, block)
+                ):
                     # An import in the block itself: keep the type, say where and what to do.
                     message = (
                         f"No module named {error.name!r} on {worker_address()} (block at "
@@ -242,13 +246,11 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
                         "with distributed.diagnostics.plugin.PipInstall"
                     )
                     raise ModuleNotFoundError(message, name=error.name).with_traceback(
-                        error.__traceback__.tb_next if error.__traceback__ else None
+                        error.__traceback__
                     ) from None
-                except (SystemExit, KeyboardInterrupt) as error:
+                if isinstance(error, (SystemExit, KeyboardInterrupt)):
                     raise ended_process(error, block.label) from None
-            finally:
-                if watcher is not None:
-                    watcher.stop()
+                raise error
             shown = scope.pop(DISPLAY_NAME, None)
             if emitter is not None and shown is not None:
                 emitter.send(DISPLAY, mimebundle(shown))

@@ -12,6 +12,7 @@ import ctypes
 import sys
 import threading
 import time
+from collections.abc import Callable, Generator
 from typing import Any
 
 # Process-wide table of the blocks running in this worker process, by task key (see Running).
@@ -55,21 +56,27 @@ def _set_async_exc(thread: int, error: Any) -> None:
 class Running:
     """One block running in a worker thread, and the stop window of that thread.
 
-    The stop exception is raised into the block's thread only while the block's own function
-    runs: ``start`` opens the window right before the call, ``close`` shuts it right after and
-    withdraws an exception not delivered yet. They and ``stop`` hold the lock, so an exception
-    never lands in Dask's code after the block returned. A stop raises it once (the watchdog
-    again, under the lock, while the window is open), so after ``close`` none is pending.
+    A stop raises the stop exception in the block's thread only while the block's function
+    runs. The window is the block's call run as a generator: its ``gi_running``, which CPython
+    sets when the call starts and clears when it returns, in C, between two bytecodes of the
+    block's thread. The block's thread takes no lock (on CPython 3.14 an exception raised in a
+    thread right after ``with lock:`` took the lock skips the ``with``'s exit: cpython#148874);
+    the threads that stop it share ``lock`` among themselves. After the call, ``call`` waits
+    for a stopping thread that saw the window open and withdraws what it raised, so that when
+    ``call`` returns nothing is pending for the thread and nothing can be raised in it any more.
     """
 
     __slots__ = (
+        "_finished",
+        "_generator",
+        "_raising",
         "emitter",
         "error",
+        "grace",
         "label",
         "limit",
         "lock",
         "reason",
-        "state",
         "thread",
     )
 
@@ -78,53 +85,99 @@ class Running:
         self.label = label
         self.error = error
         self.limit = limit
-        self.lock = threading.Lock()
-        self.state = "starting"  # starting, running, stopping, done
+        self.lock = threading.Lock()  # the stopping threads', never the block's thread
         self.reason: str | None = None  # "cancelled" or "timeout"
         self.emitter: Any = None
+        self.grace = STOP_GRACE_SECONDS  # seconds between the watchdog's raises
+        self._generator: Any = None  # the block's call once it has started
+        self._raising = False  # a stopping thread between its look at the window and its raise
+        self._finished = False
 
-    def start(self) -> None:
-        """Open the window; a stop asked for before it opened is raised here, at once."""
-        with self.lock:
-            if self.reason is None:
-                self.state = "running"
-                return
-            self.state = "stopping"
-        raise self.error
+    def call(self, function: Callable[[], Any]) -> tuple[bool, Any]:
+        """Run ``function()`` in the window, on the block's thread: ``(True, its result)``, or
+        ``(False, the exception it raised)``, the stop exception included.
+
+        A stop asked for before the call starts is raised at its start. A stop that lands
+        after the function returned (raised just before, delivered just after) is the outcome
+        too: the block was stopped. At most two can land after the function returned: the one
+        pending then, and the one of a stopping thread that saw the window still open; so the
+        window is shut (``_shut``) up to three times, each inside a ``try``.
+        """
+        self.thread = threading.get_ident()
+        self._generator = generator = self._window(function)
+        try:
+            try:
+                next(generator)
+            except StopIteration as returned:
+                outcome: tuple[bool, Any] = returned.value
+            finally:
+                self._shut()
+        except BaseException as landed:
+            try:
+                self._shut()
+            except BaseException:
+                self._shut()
+            outcome = (False, landed)
+        return outcome
+
+    def _window(self, function: Callable[[], Any]) -> Generator[None, None, tuple[bool, Any]]:
+        if self.reason is not None:
+            raise self.error  # stopped before it started (``stop`` saw the window closed)
+        try:
+            return True, function()
+        except BaseException as error:
+            # Without this frame's entry: the traceback starts at the block's own lines.
+            if error.__traceback__ is not None:
+                error.__traceback__ = error.__traceback__.tb_next
+            return False, error
+        yield  # never reached: it makes this a generator, whose ``gi_running`` is the window
+
+    def _shut(self) -> None:
+        """After the call, on the block's thread: nothing pending for it, nothing to come."""
+        self._finished = True
+        while self._raising:  # a stopping thread saw the window open: let it raise, then
+            time.sleep(0)
+        _set_async_exc(self.thread, None)  # withdraw what is pending, if anything
 
     def stop(self, reason: str) -> None:
-        """Stop the block (from any thread): raise the stop exception in its thread."""
+        """Stop the block (from any thread but the block's): raise the stop in its thread."""
         with self.lock:
-            if self.reason is not None or self.state == "done":
+            if self.reason is not None or self._finished:
                 return
             self.reason = reason
-            if self.state != "running":
-                return  # not started yet: ``start`` raises it
-            self.state = "stopping"
-            _set_async_exc(self.thread, ctypes.py_object(self.error))
-            if self.emitter is not None:
-                self.emitter.stop(keep=reason == "timeout")
-        threading.Thread(target=self._watch, name="afar-stop-watchdog", daemon=True).start()
+            raised = self._raise_locked()
+            emitter = self.emitter
+        if emitter is not None:
+            emitter.stop(keep=reason == "timeout")
+        if raised:
+            threading.Thread(target=self._watch, name="afar-stop-watchdog", daemon=True).start()
 
-    def close(self) -> None:
-        """Shut the window (on the block's thread, right after its function); idempotent."""
-        with self.lock:
-            if self.state == "stopping":
-                _set_async_exc(self.thread, None)
-            self.state = "done"
+    def _raise_locked(self) -> bool:
+        """Raise the stop in the block's thread if its call runs (under ``lock``)."""
+        # The order matters: ``_raising`` is set before the look at the window, which ``_shut``
+        # clears before it looks at ``_raising``. One of the two threads sees the other's write.
+        self._raising = True
+        try:
+            generator = self._generator
+            if self._finished or generator is None or not generator.gi_running:
+                return False
+            _set_async_exc(self.thread, ctypes.py_object(self.error))
+            return True
+        finally:
+            self._raising = False
 
     def _watch(self) -> None:
         """Say so when the block does not stop at once (a long call in C), and insist."""
         told = False
         while True:
-            time.sleep(STOP_GRACE_SECONDS)  # checks again, also after the block stopped: cheap
+            time.sleep(self.grace)
             with self.lock:
-                if self.state != "stopping":
+                if not self._raise_locked():
                     return
-                if not told and self.emitter is not None:
-                    told = True
-                    self.emitter.stop(keep=False, notice=self._notice())
-                _set_async_exc(self.thread, ctypes.py_object(self.error))
+                emitter = self.emitter
+            if not told and emitter is not None:
+                told = True
+                emitter.stop(keep=False, notice=self._notice())
 
     def _notice(self) -> str:
         why = (

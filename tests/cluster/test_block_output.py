@@ -655,7 +655,9 @@ def test_ten_threads_running_blocks_on_one_client_leak_nothing(
                 except BaseException as error:  # reported below, with the thread's number
                     problems.append(f"thread {thread}: {error!r}")
 
-            threads = [threading.Thread(target=blocks, args=(i,)) for i in range(THREADS)]
+            threads = [
+                threading.Thread(target=blocks, args=(i,), daemon=True) for i in range(THREADS)
+            ]
             for thread in threads:
                 thread.start()
             for thread in threads:

@@ -144,7 +144,7 @@ def test_ctrl_c_in_afar_get_cancels_that_block_only(client: Client) -> None:
         except BaseException as error:
             outcome["error"] = error
 
-    other = threading.Thread(target=other_thread)
+    other = threading.Thread(target=other_thread, daemon=True)
     with armed_sigint() as sigint:
 
         def press_ctrl_c() -> None:
@@ -158,7 +158,7 @@ def test_ctrl_c_in_afar_get_cancels_that_block_only(client: Client) -> None:
                 outcome["sent"] = time.monotonic()
                 os.kill(os.getpid(), signal.SIGINT)
 
-        presser = threading.Thread(target=press_ctrl_c)
+        presser = threading.Thread(target=press_ctrl_c, daemon=True)
         try:
             with gates(client, main_gate, other_gate):
                 other.start()
@@ -215,7 +215,7 @@ def test_a_cancelled_afar_get_raises_dasks_cancelled_error(client: Client) -> No
             time.sleep(PRESS_AFTER_SECONDS)  # afar.get has been waiting a while: not a sync
             runner.cancel()
 
-    canceller = threading.Thread(target=cancel_when_started)
+    canceller = threading.Thread(target=cancel_when_started, daemon=True)
     try:
         with gates(client, gate):
             canceller.start()

@@ -104,7 +104,7 @@ def stop_soon(action: Any, client: Client, started: str) -> threading.Thread:
             time.sleep(STOP_AFTER_SECONDS)
             action()
 
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
 
@@ -389,3 +389,45 @@ def test_dask_work_the_block_started_is_cancelled_with_it(one_thread: Client) ->
 
 def scheduler_keys(dask_scheduler: Any = None) -> list[str]:
     return [str(key) for key in dask_scheduler.tasks]
+
+
+# -- stops at any moment (issue 22) ---------------------------------------------------------------
+# Short blocks, each cancelled a random moment after its with: around its start, in it, around its
+# end, after it. Every CHECK_EVERY blocks (and at the end) the next block must run at once.
+STRESS_BLOCKS = 300
+CHECK_EVERY = 50
+# Seconds between the worker's thread switches during the test, to widen the races (Python's
+# default is 0.005); and the longest a block is left running before it is cancelled.
+WORKER_SWITCH_INTERVAL = 1e-5
+CANCEL_WITHIN_SECONDS = 0.004
+
+
+def test_blocks_stopped_around_their_start_and_end_leave_the_thread_free(
+    one_thread: Client, capsys
+) -> None:
+    import random
+    import sys
+
+    pid = worker_pid(one_thread)
+    (previous,) = set(one_thread.run(sys.getswitchinterval).values())
+    one_thread.run(sys.setswitchinterval, WORKER_SWITCH_INTERVAL)
+    chance = random.Random(22)
+    location = on(one_thread)
+    try:
+        for number in range(1, STRESS_BLOCKS + 1):
+            steps, loud = chance.randrange(3000), number % 3 == 0
+            runner = afar.run("total")
+            with runner, location:
+                total = 0
+                for step in range(steps):
+                    total += step
+                    if loud and step % 100 == 0:
+                        print("step", step)
+            time.sleep(chance.uniform(0, CANCEL_WITHIN_SECONDS))
+            runner.cancel()
+            if number % CHECK_EVERY == 0:
+                assert_thread_free(one_thread, pid)
+    finally:
+        one_thread.run(sys.setswitchinterval, previous)
+    assert_thread_free(one_thread, pid)
+    no_failure_reported(one_thread, capsys)
