@@ -267,8 +267,8 @@ _BASE_OVERRIDE = cloudpickle.Pickler.reducer_override
 class RecordingPickler(cloudpickle.Pickler):
     """cloudpickle's pickler, noting the modules of what it pickles by reference."""
 
-    def __init__(self, file: io.BytesIO) -> None:
-        super().__init__(file, protocol=5)
+    def __init__(self, file: io.BytesIO, buffer_callback: Any = None) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
         self.modules: set[object] = set()
 
     def reducer_override(self, obj: Any) -> Any:
@@ -282,10 +282,14 @@ class RecordingPickler(cloudpickle.Pickler):
         return _BASE_OVERRIDE(self, obj)
 
 
-def dumps(value: Any) -> tuple[bytes, set[object]]:
-    """``cloudpickle.dumps(value, protocol=5)`` and the modules it refers to."""
+def dumps(value: Any, buffer_callback: Any = None) -> tuple[bytes, set[object]]:
+    """``cloudpickle.dumps(value, protocol=5)`` and the modules it refers to.
+
+    With ``buffer_callback``, buffers that can travel out of band (NumPy's, pandas', Arrow's)
+    are handed to it instead of being copied into the pickle.
+    """
     with io.BytesIO() as file:
-        pickler = RecordingPickler(file)
+        pickler = RecordingPickler(file, buffer_callback)
         pickler.dump(value)
         return file.getvalue(), pickler.modules
 

@@ -20,11 +20,11 @@ import traceback
 import weakref
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from distributed import Future
 
-from afar import _ipython, _modules, _remote
+from afar import _inputs, _ipython, _modules, _remote
 from afar._locations import Location
 from afar._shipping import ensure_runtime
 from afar._sinks import Sink, failure_report, report_failure
@@ -47,6 +47,8 @@ class Outgoing:
     modules: tuple[tuple[str, str], ...]  # (name, digest) of the user's modules it needs
     versions: list[Any]  # those modules' versions, sent to the workers once
     displays: tuple[str, ...] = ()  # names of IPython's display: the worker's shows in the cell
+    # Values too large to travel in the task: kept on the cluster, once per content.
+    large: dict[str, _inputs.LargeInput] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +94,7 @@ class Submission:
 
     body: Future  # the body's Future, once sent
     sink: Sink | None = None  # the notebook cell's sink of its output, once sent
+    kept: dict[str, Future]  # the Futures of the large values' kept copies, once there
 
     def __init__(
         self,
@@ -113,6 +116,7 @@ class Submission:
         self.results = results
         self.pending = pending
         self.outgoing = self._prepare()  # refuses what cannot travel: nothing sent yet
+        self.kept = {}
 
     def wait(self) -> None:
         """Wait as the results want (afar.get: for the values); a no-op for afar.run."""
@@ -130,9 +134,12 @@ class Submission:
         if left_out:
             values = {n: v for n, v in values.items() if n not in left_out}
         plain, futures = _remote.split_inputs(values)
+        plain, large = _inputs.split(plain, _inputs.large_input_threshold())
         payload, referenced = _remote.pickle_inputs(plain, block.label)
+        for item in large.values():
+            referenced |= item.modules
         modules, versions = _modules.needed(block.imports, referenced, block.label)
-        return Outgoing(payload, futures, modules, versions, displays)
+        return Outgoing(payload, futures, modules, versions, displays, large)
 
     def send(self) -> Future:
         """Submit the body (and getters for afar.run); bind Futures; return the body's Future."""
@@ -144,6 +151,8 @@ class Submission:
             from_data = names_in(block, self.data)  # scattered by the driver: Futures now
             values.update({n: self.data[n] for n in from_data})
             futures = {**futures, **{n: self.data[n] for n in from_data}}
+        if self.kept:
+            futures = {**futures, **self.kept}
         limit = location.timeout
         single = results.single(entry, limit)
         packed = block.packed(
@@ -179,6 +188,7 @@ class Submission:
             limit,
             outgoing.modules,
             outgoing.displays,
+            tuple(self.kept),
         )
         _track(self.pending, entry, body, futures, router, sink, results.reports_failures)
         self.sink = sink
@@ -260,18 +270,29 @@ async def submit_async(submission: Submission) -> None:
     if data is not None:
         # client.scatter is a coroutine here: scatter first, send then finds Futures.
         await _remote.scatter_data_async(client, data, names_in(submission.entry.block, data))
+    kept = _inputs.ensure_kept(client, submission.outgoing.large, _workers_of(submission))
+    submission.kept = kept if isinstance(kept, dict) else await kept
     submission.send()
     await submission.results.wait_async(submission)
 
 
 def _before_sending(submission: Submission) -> None:
     """What a synchronous client does before ``send``, each a round trip when needed: register
-    afar's plugin, send new versions of the user's modules, scatter ``data=``."""
+    afar's plugin, send new versions of the user's modules, scatter ``data=``, scatter the
+    large values the cluster does not keep yet."""
     client, data = submission.client, submission.data
     ensure_runtime(client)
     _modules.ensure_sent(client, submission.outgoing.versions)
     if data is not None:
         _remote.scatter_data(client, data, names_in(submission.entry.block, data))
+    kept = _inputs.ensure_kept(client, submission.outgoing.large, _workers_of(submission))
+    submission.kept = cast("dict[str, Future]", kept)  # a synchronous client's: no awaitable
+
+
+def _workers_of(submission: Submission) -> Any:
+    """The workers a block must run on (``remotely(workers=...)``): its large values go there."""
+    options = submission.location.submit_options
+    return None if options.get("allow_other_workers") else options.get("workers")
 
 
 # -- tracking -------------------------------------------------------------------------------------

@@ -140,6 +140,19 @@ def load_inputs(payload: bytes, label: str) -> dict[str, Any]:
         ) from None
 
 
+def private_copies(namespace: dict[str, Any], kept: tuple[str, ...]) -> dict[str, Any]:
+    """The block's own copies of its large inputs (``afar._worker.kept.Kept``): one per kept
+    value, so that two names of one value are one object in the block too."""
+    copies: dict[int, Any] = {}
+    values = {}
+    for name in kept:
+        stored = namespace[name]
+        if id(stored) not in copies:
+            copies[id(stored)] = stored.value()
+        values[name] = copies[id(stored)]
+    return values
+
+
 # The attribute of the RuntimeError that stands in for a block's SystemExit or KeyboardInterrupt:
 # (the builtin's name, its args). Exceptions pickle their ``__dict__``: it reaches the client.
 ENDED_ATTRIBUTE = "afar_ended_process"
@@ -169,10 +182,11 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
     ``packed`` is the pickled ``BlockCode``; ``payload`` the pickled plain variables the block
     reads, ``futures`` those that held Dask Futures (resolved by Dask). Those named by
     ``block.seeds`` are passed as parameters: the block may read them before assigning them.
-    ``settings`` pickles ``(stream, strict, limit, modules, displays)``; ``displays`` names the
-    variables that held IPython's ``display`` on the client (see ``Displayer``). ``stream`` is
-    ``(topic, the client's stream identity, progress)`` for output (None: not captured); with
-    ``progress``, the counts of the Dask work the block submits are sent too.
+    ``settings`` pickles ``(stream, strict, limit, modules, displays, kept)``; ``displays`` names
+    the variables that held IPython's ``display`` on the client (see ``Displayer``); ``kept``
+    those among ``futures`` that are large values kept on the cluster (see ``private_copies``).
+    ``stream`` is ``(topic, the client's stream identity, progress)`` for output (None: not
+    captured); with ``progress``, the counts of the Dask work the block submits are sent too.
     With ``strict``, every saved name must have been assigned (``afar.get``); otherwise missing
     ones are left out (getter tasks raise). ``limit``: seconds the block may run. ``modules``
     names the versions of the client's own modules the block needs, as ``(name, digest)`` pairs
@@ -186,12 +200,14 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
     """
     from distributed import get_worker
 
-    stream, strict, limit, modules, displays = pickle.loads(settings)
+    stream, strict, limit, modules, displays, kept = pickle.loads(settings)
     block, code = block_and_code(packed)
     if modules:
         use_modules(modules, block.label)  # before unpickling: inputs may refer to them
     namespace = load_inputs(payload, block.label)
     namespace.update(futures)
+    if kept:
+        namespace.update(private_copies(namespace, kept))
     displayer = Displayer() if displays else None
     namespace.update(dict.fromkeys(displays, displayer))
     call = call_block(block, new_function(code, namespace), namespace)
