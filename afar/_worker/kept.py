@@ -33,6 +33,8 @@ ALIGNMENT = 64
 BACKGROUND_COPY_BYTES = 8 * 2**20
 # Seconds a block waits for that copy at most.
 COPY_TIMEOUT_SECONDS = 300
+# Clean copy-on-write mappings kept per value for the next blocks (see Lease).
+CLEAN_MAPPINGS = 2
 
 
 class Kept:
@@ -43,7 +45,17 @@ class Kept:
     file once they are copied there.
     """
 
-    __slots__ = ("__weakref__", "_file", "_ready", "_views", "inband", "layout", "nbytes")
+    __slots__ = (
+        "__weakref__",
+        "_clean",
+        "_file",
+        "_lock",
+        "_ready",
+        "_views",
+        "inband",
+        "layout",
+        "nbytes",
+    )
 
     def __init__(
         self,
@@ -58,6 +70,9 @@ class Kept:
         self.layout = layout
         self._file: Any = None
         self._ready: threading.Event | None = None  # set once the file holds the buffers
+        # Private mappings that blocks gave back unwritten and unreferenced (see Lease).
+        self._clean: list[Any] = []
+        self._lock = threading.Lock()
         self.nbytes = len(inband) + sum(length for _, length, _ in layout)
 
     @classmethod
@@ -78,18 +93,36 @@ class Kept:
         return _arrived, (self.inband, buffers, readonly)
 
     def value(self) -> Any:
-        """A private copy of the value: unpickled over a copy-on-write mapping of the file."""
+        """A private copy of the value (see ``lease``), for a caller that gives nothing back."""
+        return self.lease().value
+
+    def lease(self) -> Lease:
+        """A private copy of the value: unpickled over a copy-on-write mapping of the file.
+
+        The mapping is one a block gave back clean (``Lease.give_back``) if there is one: its
+        pages are mapped already, so reading costs no page fault.
+        """
         self._wait()
         if self._file is None:
             # Still on the client (or nothing to copy): the views are the value's own.
-            return pickle.loads(self.inband, buffers=self._views)
-        size = _file_size(self.layout)
-        private = memoryview(mmap.mmap(self._file.fileno(), size, access=mmap.ACCESS_COPY))
+            return Lease(pickle.loads(self.inband, buffers=self._views), None, None)
+        with self._lock:
+            private = self._clean.pop() if self._clean else None
+        if private is None:
+            size = _file_size(self.layout)
+            private = mmap.mmap(self._file.fileno(), size, access=mmap.ACCESS_COPY)
+        whole = memoryview(private)
         buffers = []
         for offset, length, readonly in self.layout:
-            view = private[offset : offset + length]
+            view = whole[offset : offset + length]
             buffers.append(view.toreadonly() if readonly else view)
-        return pickle.loads(self.inband, buffers=buffers)
+        whole.release()  # the slices hold the mapping for as long as the value uses them
+        return Lease(pickle.loads(self.inband, buffers=buffers), self, private)
+
+    def _take_back(self, private: Any) -> None:
+        with self._lock:
+            if len(self._clean) < CLEAN_MAPPINGS:
+                self._clean.append(private)
 
     def _copy_to_file(self) -> None:
         """Write the buffers into an anonymous file; read them from a shared mapping then."""
@@ -109,6 +142,76 @@ class Kept:
             raise TimeoutError(
                 f"afar: a large input was not copied within {COPY_TIMEOUT_SECONDS} s"
             )
+
+
+class Lease:
+    """A block's copy of a kept value, and the mapping under it, to give back after the block.
+
+    A mapping is taken back for the next block only if nothing refers to it any more (the
+    block kept no view of the value) and the block wrote none of its pages: then it holds
+    exactly the kept bytes, already mapped. Where that cannot be told (not Linux), it is not.
+    """
+
+    __slots__ = ("_kept", "_private", "value")
+
+    def __init__(self, value: Any, kept: Kept | None, private: Any) -> None:
+        self.value = value
+        self._kept = kept
+        self._private = private
+
+    def give_back(self) -> None:
+        """After the block, once the caller dropped every reference of its own to ``value``."""
+        kept, private = self._kept, self._private
+        self.value = self._kept = self._private = None
+        if kept is None or private is None or _exported(private) or _written(private):
+            return
+        kept._take_back(private)
+
+
+def _exported(private: Any) -> bool:
+    """Whether anything still uses the mapping's memory (a view, an array made on it)."""
+    try:
+        # Refused with BufferError while buffers are exported, with TypeError otherwise
+        # (a copy-on-write mapping cannot be resized): a look that changes nothing.
+        private.resize(len(private))
+    except BufferError:
+        return True
+    except (TypeError, ValueError, OSError):
+        return False
+    return True  # resized: not a copy-on-write mapping, so not one of ours to take back
+
+
+# Linux's /proc/self/pagemap: 8 bytes per page; in the last byte, bit 7 says "present" and bit 5
+# "a page of the file" (not a private copy). Present and not of the file: written by the process.
+_PAGEMAP = "/proc/self/pagemap"
+_WRITTEN_PAGE = bytes.maketrans(
+    bytes(range(256)), bytes(1 if b & 0xA0 == 0x80 else 0 for b in range(256))
+)
+
+
+def _written(private: Any) -> bool:
+    """Whether any page of the copy-on-write mapping was written (it then holds a private copy)."""
+    if not os.path.exists(_PAGEMAP):
+        return True  # cannot tell: not taken back
+    import ctypes
+
+    size = len(private)
+    pages = -(-size // mmap.PAGESIZE)
+    try:
+        # The address of the mapping: a ctypes view of it, given up at once.
+        anchor = ctypes.c_char.from_buffer(private)
+        address = ctypes.addressof(anchor)
+        del anchor
+        descriptor = os.open(_PAGEMAP, os.O_RDONLY)
+        try:
+            entries = os.pread(descriptor, pages * 8, (address // mmap.PAGESIZE) * 8)
+        finally:
+            os.close(descriptor)
+    except (OSError, TypeError, ValueError, BufferError):
+        return True
+    if len(entries) != pages * 8:
+        return True
+    return 1 in entries[7::8].translate(_WRITTEN_PAGE)
 
 
 def _raw(buffer: pickle.PickleBuffer) -> memoryview:

@@ -141,16 +141,17 @@ def load_inputs(payload: bytes, label: str) -> dict[str, Any]:
 
 
 def private_copies(namespace: dict[str, Any], kept: tuple[str, ...]) -> dict[str, Any]:
-    """The block's own copies of its large inputs (``afar._worker.kept.Kept``): one per kept
-    value, so that two names of one value are one object in the block too."""
-    copies: dict[int, Any] = {}
-    values = {}
+    """The block's own copies of its large inputs (``afar._worker.kept.Kept``), by name: one per
+    kept value, so that two names of one value are one object in the block too. Each is a
+    ``Lease``, to give back once the block is over (``give_back``)."""
+    leases: dict[int, Any] = {}
+    found = {}
     for name in kept:
         stored = namespace[name]
-        if id(stored) not in copies:
-            copies[id(stored)] = stored.value()
-        values[name] = copies[id(stored)]
-    return values
+        if id(stored) not in leases:
+            leases[id(stored)] = stored.lease()
+        found[name] = leases[id(stored)]
+    return found
 
 
 # The attribute of the RuntimeError that stands in for a block's SystemExit or KeyboardInterrupt:
@@ -206,8 +207,8 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
         use_modules(modules, block.label)  # before unpickling: inputs may refer to them
     namespace = load_inputs(payload, block.label)
     namespace.update(futures)
-    if kept:
-        namespace.update(private_copies(namespace, kept))
+    leases = private_copies(namespace, kept) if kept else {}
+    namespace.update({name: lease.value for name, lease in leases.items()})
     displayer = Displayer() if displays else None
     namespace.update(dict.fromkeys(displays, displayer))
     call = call_block(block, new_function(code, namespace), namespace)
@@ -283,6 +284,11 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
         missing = [name for name in block.saved if name not in values]
         if missing:
             raise missing_name(missing[0], block.label)
+    if leases:
+        # What the block made is dropped first: a mapping is taken back only if nothing uses it.
+        del scope, namespace, call
+        for lease in leases.values():
+            lease.give_back()
     return values
 
 

@@ -1,0 +1,96 @@
+"""A large input as a worker keeps it (``afar._worker.kept``), without Dask: each block's copy.
+
+A ``Kept`` is pickled as Dask pickles data (protocol 5, buffers out of band) and unpickled as a
+worker does; every lease of it is a private copy over a copy-on-write mapping, and a mapping a
+block gave back unwritten and unused serves the next block.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from afar import _inputs
+from afar._worker.kept import Kept
+
+
+def arrived(value: object) -> Kept:
+    """``value`` serialized on the client, then as a worker receives it."""
+    sent = _inputs.serialize(value).kept
+    frames: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(sent, protocol=5, buffer_callback=frames.append)
+    return pickle.loads(data, buffers=[bytearray(frame.raw()) for frame in frames])
+
+
+def test_each_lease_is_a_private_copy() -> None:
+    kept = arrived(np.zeros(1_000_000))
+    first, second = kept.lease(), kept.lease()
+    first.value[0] = 1.0
+    assert second.value[0] == 0.0
+    assert kept.lease().value[0] == 0.0  # nor the kept copy
+
+
+def test_the_client_s_changes_after_sending_do_not_reach_the_kept_copy() -> None:
+    value = np.zeros(1_000_000)
+    kept = arrived(value)
+    value[0] = 5.0
+    assert kept.lease().value[0] == 0.0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages are looked at on Linux")
+def test_a_clean_mapping_serves_the_next_block() -> None:
+    kept = arrived(np.arange(1_000_000, dtype=np.float64))
+    lease = kept.lease()
+    assert float(lease.value.sum()) == float(np.arange(1_000_000).sum())
+    lease.give_back()
+    assert len(kept._clean) == 1
+    again = kept.lease()
+    assert len(kept._clean) == 0 and again.value[10] == 10.0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages are looked at on Linux")
+def test_a_written_mapping_is_not_taken_back() -> None:
+    kept = arrived(np.zeros(1_000_000))
+    lease = kept.lease()
+    lease.value[123_456] = 1.0
+    lease.give_back()
+    assert kept._clean == []
+    assert kept.lease().value[123_456] == 0.0
+
+
+def test_a_mapping_still_in_use_is_not_taken_back() -> None:
+    kept = arrived(np.zeros(1_000_000))
+    lease = kept.lease()
+    view = lease.value[:10]  # the block saved a view of its input
+    lease.give_back()
+    assert kept._clean == []
+    assert view.sum() == 0.0
+
+
+def test_types_flags_and_layout_survive() -> None:
+    readonly = np.frombuffer(bytes(2_000_000), dtype=np.uint8)
+    fortran = np.asfortranarray(np.ones((1000, 300)))
+    frame = pd.DataFrame(
+        {"s": pd.array(["x", None] * 100_000, dtype="string"), "n": range(200_000)}
+    )
+    for value in (readonly, fortran, np.ma.masked_array(np.ones(300_000), mask=False)):
+        copy = arrived(value).lease().value
+        assert type(copy) is type(value)
+        assert copy.flags.writeable == value.flags.writeable
+        assert copy.flags.f_contiguous == value.flags.f_contiguous
+        assert np.array_equal(np.asarray(copy), np.asarray(value))
+    copied = arrived(frame).lease().value
+    assert copied.equals(frame) and copied.dtypes.to_dict() == frame.dtypes.to_dict()
+
+
+def test_a_kept_value_is_sent_on_without_copying_its_buffers() -> None:
+    kept = arrived(np.ones(1_000_000))
+    frames: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(kept, protocol=5, buffer_callback=frames.append)
+    assert len(data) < 10_000 and sum(frame.raw().nbytes for frame in frames) == 8_000_000
+    again = pickle.loads(data, buffers=frames)
+    assert again.lease().value.sum() == 1_000_000
