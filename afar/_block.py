@@ -22,6 +22,8 @@ from afar.errors import BlockSyntaxError
 # Code locations analysed and kept; a notebook makes a new code object per cell run.
 BLOCK_CACHE_SIZE = 512
 KEY_PREFIX = "afar"
+# Calls through which module code binds names at run time.
+RUN_TIME_BINDERS = frozenset({"exec", "eval", "globals", "vars", "locals", "setattr"})
 
 
 @dataclass
@@ -32,6 +34,9 @@ class Block:
     analysis: Analysis
     text: str
     wrapped: bool = True
+    # Module level (a script, a notebook cell): the body runs as module code (see BlockCode).
+    module_level: bool = False
+    module_name: str = "__main__"  # the caller's module's ``__name__``
     _packed: dict[tuple[object, ...], bytes] = field(default_factory=dict, repr=False)
 
     @functools.cached_property
@@ -65,6 +70,29 @@ class Block:
         ):
             return ()
         return ("__class__", self.instance) if self.instance else ("__class__",)
+
+    @functools.cached_property
+    def binds_at_run_time(self) -> bool:
+        """Whether the body may bind names its source does not show, as module code can:
+        ``exec``, ``globals()[...] = ...``, ``vars()``, ``setattr``, a nested ``global``."""
+        for statement in self.site.body:
+            for node in ast.walk(statement):
+                if isinstance(node, ast.Global):
+                    return True
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id in RUN_TIME_BINDERS
+                ):
+                    return True
+        return False
+
+    @functools.cached_property
+    def function_scopes(self) -> tuple[tuple[str, str], ...]:
+        """Where the block's function is compiled on the worker: the functions and classes the
+        with statement stands in, when it stands in a function (not a class body)."""
+        scopes = self.site.scopes
+        return scopes if scopes and scopes[-1][0] == "def" else ()
 
     @functools.cached_property
     def key_prefix(self) -> str:
@@ -110,6 +138,9 @@ class Block:
                 secede=secede,
                 class_name=site.class_name,
                 instance=self.instance,
+                module_level=self.module_level,
+                module_name=self.module_name,
+                scopes=self.function_scopes,
             )
             found = self._packed[variant] = pickle.dumps(tuple(code), protocol=5)
         return found
@@ -153,8 +184,14 @@ def block_for_source(source: str, filename: str) -> Block:
         body_last_line=last.end_lineno or last.lineno,
         future_features=(),
     )
-    wrapped = wrap(site, module_level=True, cell=True)  # a cell runs at module level
-    block = Block(site=site, analysis=wrapped.analysis, text=wrapped.text, wrapped=False)
+    wrapped = wrap(site, cell=True)  # a cell runs at module level
+    block = Block(
+        site=site,
+        analysis=wrapped.analysis,
+        text=wrapped.text,
+        wrapped=False,
+        module_level=True,
+    )
     with _blocks_lock:
         _cells[(filename, source)] = block
         while len(_cells) > BLOCK_CACHE_SIZE:
@@ -179,8 +216,15 @@ def block_for(frame: types.FrameType) -> Block:
             return block
     site = site_for(frame)
     # Module level: a script, a notebook cell.
-    wrapped = wrap(site, module_level=frame.f_locals is frame.f_globals)
-    block = Block(site=site, analysis=wrapped.analysis, text=wrapped.text)
+    module_level = frame.f_locals is frame.f_globals
+    wrapped = wrap(site)
+    block = Block(
+        site=site,
+        analysis=wrapped.analysis,
+        text=wrapped.text,
+        module_level=module_level,
+        module_name=str(frame.f_globals.get("__name__", "__main__")),
+    )
     with _blocks_lock:
         _blocks[location] = block
         while len(_blocks) > BLOCK_CACHE_SIZE:

@@ -22,12 +22,13 @@ def run_locally(entry: Entry, values: dict[str, Any], display: bool) -> None:
     plain, futures = _remote.split_inputs(values)
     if futures:
         plain.update(zip(futures, _gather_locally(futures)))
-    saved, single = entry.saved, len(entry.saved) == 1
+    # A name afar chose that the block did not bind is left as it was, as in Python.
+    saved, single = entry.saved, len(entry.saved) == 1 and entry.named
     packed = entry.block.packed(seeds(entry, plain), saved, single, display)
     results = run_here(packed, plain, _show if display else None)
     bind_results(entry, results)
     missing = [name for name in saved if name not in results]
-    if missing:  # as a remote afar.get raises it; there is no Future to hold the error
+    if missing and entry.named:  # as a remote afar.get raises it; no Future holds the error
         raise SavedNameError(*missing_name(missing[0], entry.block.label).args, name=missing[0])
 
 

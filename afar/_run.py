@@ -136,7 +136,8 @@ class Run:
             # The client keeps the error in the Future's state: this frame, in the error's
             # traceback, must not hold the Future, or the block stays on the scheduler for good.
             submission = None
-            raise note_block(shown_from_block(error, exc), entry) from cause(error)
+            shown = shown_from_block(error, exc, entry.block.site.filename)
+            raise note_block(shown, entry) from cause(error)
         return True
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
@@ -151,7 +152,8 @@ class Run:
         try:
             await self._execute_async(entry, location)
         except BaseException as error:
-            raise note_block(shown_from_block(error, exc), entry) from cause(error)
+            shown = shown_from_block(error, exc, entry.block.site.filename)
+            raise note_block(shown, entry) from cause(error)
         return True
 
     def run_source(
@@ -178,7 +180,8 @@ class Run:
                 submission.wait()
         except BaseException as error:
             submission = None  # see __exit__
-            raise note_block(shown_from_block(error, None), entry) from cause(error)
+            shown = shown_from_block(error, None, entry.block.site.filename)
+            raise note_block(shown, entry) from cause(error)
         return results
 
     def cancel(self) -> None:
@@ -205,14 +208,17 @@ class Run:
     ) -> Entry:
         """The state of one block: the names it saves and where its results go."""
         results: MutableMapping[str, Any] = self.data if self.data is not None else {}
-        return Entry(self, frame, block, self._saved(block), results, namespace)
+        saved = self._saved(block)
+        return Entry(self, frame, block, saved, results, namespace, named=bool(self.names))
 
     def _saved(self, block: Block) -> tuple[str, ...]:
         analysis = block.analysis
         if not self.names:
             return (analysis.last_bound,) if analysis.last_bound else ()
         never = [n for n in self.names if n not in analysis.assigned]
-        if never:
+        # Module code may bind names at run time (exec, globals()[...]): those are looked for
+        # once the block ran, as a name whose statement did not run.
+        if never and not (block.module_level and block.binds_at_run_time):
             raise SavedNameError(
                 f"{block.site.filename}, line {block.site.node.lineno}: the block never assigns "
                 f"{', '.join(map(repr, never))}, so afar cannot save "

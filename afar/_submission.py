@@ -182,7 +182,7 @@ class Submission:
             outgoing.payload,
             futures,
             stream,
-            results.strict,
+            results.strict and entry.named,
             location.submit_options,
             key,
             limit,
@@ -354,7 +354,9 @@ def _track(
     """
     with pending.lock:
         pending.futures.add(body)
-    label = entry.block.label
+    # What the callback below needs of the entry, not the entry: it holds the caller's frame,
+    # whose variables hold the block's Futures, which must be free to go.
+    label, filename = entry.block.label, entry.block.site.filename
     input_futures = {name: list(_remote.futures_in(value)) for name, value in inputs.items()}
 
     def done(future: Future) -> None:
@@ -366,7 +368,7 @@ def _track(
             else:
                 router.unregister(str(future.key))
         if report and future.status == "error":
-            text = _failure_text(future, input_futures)
+            text = _failure_text(future, input_futures, filename)
             if sink is not None:
                 # In a notebook: in the block's cell, not in whichever cell runs now.
                 sink.write(STDERR, failure_report(label, text))
@@ -379,7 +381,7 @@ def _track(
     body.add_done_callback(done)
 
 
-def _failure_text(body: Future, inputs: Mapping[str, list[Future]]) -> str:
+def _failure_text(body: Future, inputs: Mapping[str, list[Future]], filename: str) -> str:
     """What to tell about a failed afar.run block: its traceback, or which input failed."""
     for name, futures in inputs.items():
         for future in futures:
@@ -392,7 +394,7 @@ def _failure_text(body: Future, inputs: Mapping[str, list[Future]]) -> str:
     # The traceback Dask keeps, not the error's own: a .result() that raised the same error
     # meanwhile has added the caller's frames to that.
     error = body.exception().with_traceback(body.traceback())
-    shown = shown_from_block(error, None)
+    shown = shown_from_block(error, None, filename)
     return "".join(traceback.format_exception(type(shown), shown, shown.__traceback__))
 
 

@@ -14,7 +14,6 @@ import types
 from typing import TYPE_CHECKING
 
 from afar import _ipython
-from afar._worker.compiling import BLOCK_FUNCTION_PREFIX
 from afar._worker.runtime import ENDED_ATTRIBUTE, RUNTIME_FILENAME, run_here
 from afar.errors import SavedNameError
 
@@ -24,6 +23,8 @@ if TYPE_CHECKING:
 # File names of afar's worker functions as tracebacks from workers show them (by-value code).
 # With `locally`, the same functions run from afar's own file.
 _WORKER_FILENAMES = frozenset({RUNTIME_FILENAME, "<dynamic-code>", run_here.__code__.co_filename})
+# The file name of the task's own ``eval`` (see ``afar._shipping``).
+_TASK_FILENAME = "<string>"
 
 
 def _unassigned_name(error: NameError) -> str | None:
@@ -39,15 +40,15 @@ _ENDED: dict[str, type[BaseException]] = {
 }
 
 
-def shown_from_block(error: BaseException, skipped: BaseException | None) -> BaseException:
+def shown_from_block(
+    error: BaseException, skipped: BaseException | None, filename: str
+) -> BaseException:
     """The error as the user should see it: from the block's first line, not afar's frames.
 
     Raised in ``__exit__``, it would show the location's skip signal as its context ("During
     handling of the above exception..."): that context is noise, the block's error is the news.
     """
-    tb = error.__traceback__
-    while tb is not None and not tb.tb_frame.f_code.co_name.startswith(BLOCK_FUNCTION_PREFIX):
-        tb = tb.tb_next
+    tb = block_frames(error.__traceback__, filename)
     ended = getattr(error, ENDED_ATTRIBUTE, None)
     if type(error) is RuntimeError and isinstance(ended, tuple) and len(ended) == 2:
         kind, args = ended
@@ -70,6 +71,31 @@ def shown_from_block(error: BaseException, skipped: BaseException | None) -> Bas
     return error
 
 
+def block_frames(tb: types.TracebackType | None, filename: str) -> types.TracebackType | None:
+    """The traceback from the block's own frame on, or None if the block raised nothing itself.
+
+    The block's frame is named as Python names it where it is written (the caller's function,
+    ``<module>``), so it is found by its place: after afar's last runtime frame (the task's
+    ``eval``, the worker function, ``run_here``), or, where Dask left those out of a worker's
+    traceback (``admin.traceback.shorten``), the first frame of the block's file.
+    """
+    after_runtime = None
+    seen_runtime = False
+    node = tb
+    while node is not None:
+        name = node.tb_frame.f_code.co_filename
+        if name in _WORKER_FILENAMES or name == _TASK_FILENAME:
+            seen_runtime = True
+            after_runtime = node.tb_next
+        node = node.tb_next
+    if seen_runtime:
+        return after_runtime
+    node = tb
+    while node is not None and node.tb_frame.f_code.co_filename != filename:
+        node = node.tb_next
+    return node
+
+
 def _for_ipython(tb: types.TracebackType | None) -> types.TracebackType | None:
     """In IPython, the block's frames as module-level frames, whose source IPython shows right.
 
@@ -84,7 +110,7 @@ def _for_ipython(tb: types.TracebackType | None) -> types.TracebackType | None:
     node: types.TracebackType | None = tb
     while node is not None:
         code = node.tb_frame.f_code
-        if code.co_name.startswith(BLOCK_FUNCTION_PREFIX):
+        if node is tb:  # the block's own frame
             frames.append(_module_frame(code.co_filename, node.tb_lineno) or node)
         else:
             frames.append(node)

@@ -34,6 +34,9 @@ class Entry:
     namespace: dict[str, Any] | None = None
     # `remotely(...)` written without importing remotely: its arguments, evaluated at the exit.
     location_call: ast.Call | None = None
+    # Whether the user named the saved names (afar.get("x")); else afar chose the last one bound,
+    # which, as in Python, is left as it was when the statement binding it did not run.
+    named: bool = True
 
 
 def read_variables(entry: Entry, data: Mapping[str, Any] | None) -> dict[str, Any]:

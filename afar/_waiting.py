@@ -20,6 +20,7 @@ from afar._shipping import culprits
 from afar._stream import silence
 from afar._submission import Results
 from afar._variables import Entry, bind_results
+from afar._worker.runtime import QUALNAMES_NAME
 from afar._worker.stopping import TIMED_OUT
 from afar.errors import NotPicklableError
 
@@ -151,7 +152,21 @@ def unless_timed_out(values: Any) -> Any:
     """The values of a finished afar.get block; a block stopped at its time limit raises."""
     if isinstance(values, tuple) and values[:1] == (TIMED_OUT,):
         raise TimeoutError(values[1])
+    if isinstance(values, dict) and QUALNAMES_NAME in values:
+        restore_qualnames(values)
     return values
+
+
+def restore_qualnames(values: dict[str, Any]) -> None:
+    """Give classes that came back by value the ``__qualname__`` they had on the worker."""
+    for name, qualname in values.pop(QUALNAMES_NAME).items():
+        value = values.get(name)
+        kind = value if isinstance(value, type) else type(value)
+        if kind.__qualname__ != qualname and kind.__qualname__ == qualname.rsplit(".", 1)[-1]:
+            try:
+                kind.__qualname__ = qualname
+            except (TypeError, AttributeError):
+                pass  # a class that does not allow it: left as it came
 
 
 # Seconds to find which saved value could not be sent back (one small task, failure path only).

@@ -37,6 +37,9 @@ class Site:
     # zero-argument ``super()`` in the body uses, with the class.
     class_name: str | None = None
     instance: str | None = None
+    # The functions and classes the statement stands in, outermost first: ("def" | "class",
+    # name). Empty at module level.
+    scopes: tuple[tuple[str, str], ...] = ()
 
     @property
     def future_flags(self) -> int:
@@ -88,7 +91,8 @@ def site_for(frame: types.FrameType) -> Site:
         )
     lines = tuple(text.splitlines(keepends=True))
     first = first_line(node.body[0])
-    class_name, instance = enclosing_class(tree, node)
+    around = enclosing_scopes(tree, node)
+    class_name, instance = enclosing_class(around)
     site = Site(
         filename=filename,
         lines=lines,
@@ -98,6 +102,9 @@ def site_for(frame: types.FrameType) -> Site:
         future_features=features,
         class_name=class_name,
         instance=instance,
+        scopes=tuple(
+            ("class" if isinstance(scope, ast.ClassDef) else "def", scope.name) for scope in around
+        ),
     )
     check_body_not_on_header(site)
     if filename not in IPYTHON_TIMEIT_FILENAMES:
@@ -211,25 +218,32 @@ def with_at_line(tree: ast.Module, lineno: int) -> ast.With | ast.AsyncWith | No
     return found
 
 
-def enclosing_class(tree: ast.Module, target: ast.AST) -> tuple[str | None, str | None]:
-    """The innermost class that ``target`` stands in, and the first parameter of the function
-    it stands in if that function is inside the class (a method, or a function in one)."""
-    scopes: list[ast.AST] = []  # the classes and functions around the node being visited
+def enclosing_scopes(
+    tree: ast.Module, target: ast.AST
+) -> list[ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The classes and functions ``target`` stands in, outermost first."""
+    scopes: list[ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef] = []
 
     def visit(node: ast.AST) -> bool:
         if node is target:
             return True
         scope = isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
         if scope:
-            scopes.append(node)
+            scopes.append(node)  # type: ignore[arg-type]
         if any(visit(child) for child in ast.iter_child_nodes(node)):
             return True
         if scope:
             scopes.pop()
         return False
 
-    if not visit(tree):
-        return None, None
+    return scopes if visit(tree) else []
+
+
+def enclosing_class(
+    scopes: list[ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef],
+) -> tuple[str | None, str | None]:
+    """The innermost class of ``scopes``, and the first parameter of the innermost function if
+    that function is inside the class (a method, or a function in one)."""
     classes = [s for s in scopes if isinstance(s, ast.ClassDef)]
     if not classes:
         return None, None

@@ -5,16 +5,13 @@ makes it a function body with every line at its own number, which symtable analy
 worker compiles as it is. A notebook cell (``%%afar``) starts at column 0 and may start on line
 1: it is analysed indented under a ``def`` one line higher (``line_offset=-1``) and travels as
 it is; the worker wraps its syntax tree (``afar._worker.compiling.compile_block``, which needs
-no afar). At module level, a nested function's ``global n`` of a variable the block assigns
-becomes ``nonlocal n`` (``share_module_globals``). ``wrap`` is the one entry point.
+no afar). ``wrap`` is the one entry point.
 """
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass
 
-from afar._analysis.bindings import bound_names, scope_nodes
 from afar._analysis.names import WRAPPER_NAME, Analysis, analyse
 from afar._analysis.source import Site
 
@@ -28,7 +25,7 @@ class Wrapped:
     wrapped: bool  # ``text`` is ``def`` + body (a with block), or the bare body (a cell)
 
 
-def wrap(site: Site, *, module_level: bool, cell: bool = False) -> Wrapped:
+def wrap(site: Site, *, cell: bool = False) -> Wrapped:
     """Analyse the body of ``site`` and give the text to ship (see the module's docstring)."""
     if cell:
         source = "".join(site.lines)
@@ -38,8 +35,6 @@ def wrap(site: Site, *, module_level: bool, cell: bool = False) -> Wrapped:
     else:
         text = wrapped_text(site)
         analysis = analyse(site, text)
-    if module_level:
-        text = share_module_globals(site, text, analysis.assigned)
     return Wrapped(analysis=analysis, text=text, wrapped=not cell)
 
 
@@ -48,57 +43,3 @@ def wrapped_text(site: Site) -> str:
     start = site.body_first_line
     head = "\n" * (start - 2) + f"def {WRAPPER_NAME}():\n"
     return head + "".join(site.lines[start - 1 : site.body_last_line])
-
-
-def share_module_globals(site: Site, text: str, assigned: frozenset[str]) -> str:
-    """``text`` where nested functions' ``global n`` becomes ``nonlocal n`` if the block assigns n.
-
-    For a block at module level only: there, the block's own ``count = 0`` and a nested
-    function's ``global count`` are one variable, the module's. In the block's function they
-    would be two (issue 2: the block behaves as if it ran in place); ``nonlocal`` makes them
-    one again, and the saved value comes back as any other. Lines keep their numbers.
-    """
-    lines = text.splitlines(keepends=True)
-    for declaration, names in _shared_globals(site.body, assigned, frozenset()):
-        if declaration.end_lineno != declaration.lineno or declaration.end_col_offset is None:
-            continue  # a declaration continued over lines: left as it is
-        shared = [n for n in declaration.names if n in names]
-        kept = [n for n in declaration.names if n not in names]
-        statement = f"nonlocal {', '.join(shared)}" + (
-            f"; global {', '.join(kept)}" if kept else ""
-        )
-        line = lines[declaration.lineno - 1].encode()
-        start, end = declaration.col_offset, declaration.end_col_offset
-        lines[declaration.lineno - 1] = (line[:start] + statement.encode() + line[end:]).decode()
-    return "".join(lines)
-
-
-def _shared_globals(
-    body: list[ast.stmt], assigned: frozenset[str], shadowed: frozenset[str]
-) -> list[tuple[ast.Global, set[str]]]:
-    """``global`` declarations of nested scopes that name a variable of the block itself."""
-    found = []
-    for node in scope_nodes(body):
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            continue
-        for inner in scope_nodes(node.body):
-            if isinstance(inner, ast.Global):
-                names = (set(inner.names) & assigned) - shadowed
-                if names:
-                    found.append((inner, names))
-        # A function's own variables hide the block's from the functions nested in it; a class
-        # body's do not (class scopes are skipped by name resolution).
-        own = _own_bindings(node) if not isinstance(node, ast.ClassDef) else set()
-        found += _shared_globals(node.body, assigned, shadowed | own)
-    return found
-
-
-def _own_bindings(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
-    arguments = function.args
-    parameters = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
-    parameters += [a for a in (arguments.vararg, arguments.kwarg) if a is not None]
-    declared: set[str] = set()
-    for node in scope_nodes(function.body):
-        if isinstance(node, (ast.Global, ast.Nonlocal)):
-            declared.update(node.names)
-    return ({a.arg for a in parameters} | bound_names(function.body)) - declared

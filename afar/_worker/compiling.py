@@ -56,6 +56,15 @@ class BlockCode(NamedTuple):
     # The first parameter of the method, passed first when the body calls ``super()`` (which
     # takes the instance from its function's first argument, the class from ``__class__``).
     instance: str | None = None
+    # A block at module level (a script, a notebook cell) runs as module code, in a namespace
+    # of its own holding its inputs; else as the function it stands in.
+    module_level: bool = False
+    # ``__name__`` of the caller's module: ``__module__`` of what the block defines.
+    module_name: str = "__main__"
+    # The functions and classes the with statement stands in, outermost first, as
+    # ``("def" | "class", name)``: the block's function is compiled at that place, so that what
+    # it defines gets the ``__qualname__`` Python gives it there (``f.<locals>.Point``).
+    scopes: tuple[tuple[str, str], ...] = ()
 
 
 def compiled_blocks() -> dict[bytes, tuple[BlockCode, types.CodeType]]:
@@ -83,7 +92,12 @@ def block_and_code(packed: bytes) -> tuple[BlockCode, types.CodeType]:
 
 
 def compile_block(block: BlockCode) -> types.CodeType:
-    """Turn the body into ``def <block>(*, seeds): body; return locals()``, keeping its lines."""
+    """The block's code, its statements at their original lines.
+
+    In a function: ``def <name>(*, seeds): body; return locals()``, compiled inside the
+    functions and classes the with statement stands in. At module level: the body as module
+    code, run in the block's namespace.
+    """
     tree = ast.parse(block.text, block.filename, "exec", type_comments=False)
     if block.wrapped:
         function = tree.body[0]
@@ -94,20 +108,28 @@ def compile_block(block: BlockCode) -> types.CodeType:
     if not isinstance(function, ast.FunctionDef):
         raise TypeError(f"afar: the block at {block.label} did not compile to a function")
     body = function.body
+    last = body[-1]
+    if block.display and isinstance(last, ast.Expr):
+        body[-1] = ast.copy_location(
+            ast.Assign(targets=[ast.Name(DISPLAY_NAME, ast.Store())], value=last.value), last
+        )
+    flags = 0
+    for feature in block.future_features:  # this interpreter's own flags for them
+        flags |= getattr(__future__, feature).compiler_flag
+    if block.module_level:
+        module = ast.Module(body=body, type_ignores=[])
+        ast.fix_missing_locations(module)
+        return compile(module, block.filename, "exec", flags=flags, dont_inherit=True)
     # The function starts on the body's first line: tools that show a frame's source by its
     # code's first line (stack_data in IPython's tracebacks) then show the body, not the header.
     first = body[0]
     starts = [first.lineno, *(d.lineno for d in getattr(first, "decorator_list", ()))]
     function.lineno = min(starts)
     function.col_offset = 0
-    last = body[-1]
-    if block.display and isinstance(last, ast.Expr):
-        body[-1] = ast.copy_location(
-            ast.Assign(targets=[ast.Name(DISPLAY_NAME, ast.Store())], value=last.value), last
-        )
     returned = ast.Return(value=ast.Call(ast.Name(LOCALS_NAME, ast.Load()), [], []))
     body.append(ast.copy_location(returned, last))
-    function.name = f"{BLOCK_FUNCTION_PREFIX}{block.label}>"
+    scopes = block.scopes or (("def", f"{BLOCK_FUNCTION_PREFIX}{block.label}>"),)
+    function.name = scopes[-1][1]
     keywords = [name for name in block.seeds if name != block.instance]
     function.args = ast.arguments(
         posonlyargs=[ast.arg(block.instance)] if block.instance else [],
@@ -119,19 +141,37 @@ def compile_block(block: BlockCode) -> types.CodeType:
         defaults=[],
     )
     function.end_lineno = max(node.end_lineno or node.lineno for node in body)
-    if block.class_name:
+    placed: ast.stmt = function
+    for kind, name in reversed(scopes[:-1]):
+        # Never run: they only make the place, and so the qualified names, of the function.
+        header = f"class {name}:" if kind == "class" else f"def {name}():"
+        holder = ast.parse(f"{header}\n    pass").body[0]
+        holder.body = [placed]  # type: ignore[attr-defined]
+        placed = ast.copy_location(holder, function)
+    if block.class_name and not any(kind == "class" for kind, _ in scopes):
         holder = ast.parse(f"class {block.class_name}:\n    pass").body[0]
-        holder.body = [function]  # type: ignore[attr-defined]
-        tree.body = [ast.copy_location(holder, function)]
+        holder.body = [placed]  # type: ignore[attr-defined]
+        placed = ast.copy_location(holder, function)
+    tree.body = [placed]
     ast.fix_missing_locations(tree)
-    flags = 0
-    for feature in block.future_features:  # this interpreter's own flags for them
-        flags |= getattr(__future__, feature).compiler_flag
     module = compile(tree, block.filename, "exec", flags=flags, dont_inherit=True)
-    found = _code_named(module, function.name)
+    found = _code_at(module, [name for _, name in scopes])
     if found is None:
         raise TypeError(f"afar: the block at {block.label} did not compile to a function")
     return found
+
+
+def _code_at(code: types.CodeType, path: list[str]) -> types.CodeType | None:
+    """The code object at ``path`` (names of nested functions and classes) in ``code``."""
+    for name in path:
+        found = next(
+            (c for c in code.co_consts if isinstance(c, types.CodeType) and c.co_name == name),
+            None,
+        )
+        if found is None:
+            return _code_named(code, path[-1])
+        code = found
+    return code
 
 
 def _code_named(code: types.CodeType, name: str) -> types.CodeType | None:
@@ -159,15 +199,22 @@ def register_source(block: BlockCode) -> None:
     linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
 
 
-def new_function(code: types.CodeType, namespace: dict[str, Any]) -> Callable[..., dict[str, Any]]:
-    """The block's function with ``namespace`` (the variables it reads) as its globals.
+def new_function(
+    block: BlockCode, code: types.CodeType, namespace: dict[str, Any]
+) -> Callable[..., Any]:
+    """The block's function with ``namespace`` (the variables it reads) as its globals; for a
+    block at module level, the run of its module code in ``namespace``.
 
-    Compiled in a class that uses ``super()`` or ``__class__``, it has the one free variable
-    ``__class__``: its cell holds the caller's class, read from the caller's frame.
+    Compiled in a class that uses ``super()`` or ``__class__``, the function has the free
+    variable ``__class__``: its cell holds the caller's class, read from the caller's frame.
+    Compiled inside a function, it may read that function's name as a free variable too.
     """
     namespace["__builtins__"] = builtins
+    namespace.setdefault("__name__", block.module_name)
+    if block.module_level:
+        # No frame of afar's between the task and the block's code: exec is C.
+        return functools.partial(exec, code, namespace)
     namespace[LOCALS_NAME] = builtins.locals
-    namespace.setdefault("__name__", "__afar_block__")
     closure = None
     if code.co_freevars:
         closure = tuple(types.CellType(namespace.pop(name, None)) for name in code.co_freevars)
@@ -175,9 +222,14 @@ def new_function(code: types.CodeType, namespace: dict[str, Any]) -> Callable[..
 
 
 def call_block(
-    block: BlockCode, function: Callable[..., dict[str, Any]], namespace: dict[str, Any]
-) -> Callable[[], dict[str, Any]]:
-    """The call of the block's function: its seeds by name, the method's instance first."""
+    block: BlockCode, function: Callable[..., Any], namespace: dict[str, Any]
+) -> Callable[[], Any]:
+    """The call of the block's function: its seeds by name, the method's instance first.
+
+    At module level the seeds stay in the namespace, where module code reads them.
+    """
+    if block.module_level:
+        return function
     seeds = {name: namespace.pop(name) for name in block.seeds if name in namespace}
     if block.instance is None:
         return functools.partial(function, **seeds)

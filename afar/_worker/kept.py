@@ -279,3 +279,12 @@ def _anonymous_file(size: int) -> Any:
         file = tempfile.TemporaryFile(buffering=0)  # noqa: SIM115 - it lives as long as the value
     os.ftruncate(file.fileno(), size)
     return file
+
+
+# On a worker, Kept and _arrived are copies that cloudpickle made (this module travels by
+# value). Dask tries plain pickle first when it sends a kept value on to another worker, and
+# plain pickle looks a class or function up by its module's name: that would import afar where
+# it is installed, and fail only after trying where it is not. A module name that nothing can
+# import sends Dask to cloudpickle, by value, at once, on the client and on every worker.
+UNIMPORTABLE_MODULE = "<afar kept input>"
+Kept.__module__ = _arrived.__module__ = UNIMPORTABLE_MODULE

@@ -80,8 +80,72 @@ def saved_values(block: BlockCode, scope: dict[str, Any]) -> Any:
         (name,) = block.saved
         if name not in scope:
             raise missing_name(name, block.label)
-        return scope[name]
-    return {name: scope[name] for name in block.saved if name in scope}
+        return keep_exact_type(scope[name])
+    values = {name: scope[name] for name in block.saved if name in scope}
+    for value in values.values():
+        keep_exact_type(value)
+    return values
+
+
+# The entry of a block's dict of values that names the qualified names of the classes among
+# them (see ``nested_qualnames``); no identifier can spell it.
+QUALNAMES_NAME = "@afar_qualnames"
+
+
+def nested_qualnames(values: dict[str, Any]) -> dict[str, str]:
+    """``__qualname__`` of the classes the block defined in a function, by saved name.
+
+    cloudpickle sends a class defined in a block by value and rebuilds it with its ``__name__``
+    as its ``__qualname__`` (``P`` for ``f.<locals>.P``): the client puts it back. For a saved
+    class, and for the class of a saved instance.
+    """
+    found = {}
+    for name, value in values.items():
+        kind = value if isinstance(value, type) else type(value)
+        qualname = getattr(kind, "__qualname__", None)
+        if isinstance(qualname, str) and "<locals>" in qualname:
+            found[name] = qualname
+    return found
+
+
+# Process-wide: the ndarray subclasses for which this process's Dask serializes by pickle.
+EXACT_TYPES_ATTRIBUTE = "_afar_exact_types_v1"
+
+
+def keep_exact_type(value: Any) -> Any:
+    """Make Dask send ``value`` (and what a list, tuple or dict of it holds) as it is.
+
+    Dask's NumPy serializer rebuilds a subclass of ``ndarray`` (a masked or record array, a
+    user's subclass with attributes) as a plain ``ndarray``; only ``np.matrix`` has its own.
+    For such a type, this process's Dask gets a serializer that declines (NotImplementedError:
+    Dask then pickles it, protocol 5, buffers out of band), so the type, its attributes and its
+    layout arrive as they left. Types are looked at, never the data. Returns ``value``.
+    """
+    kind = type(value)
+    if kind in (list, tuple):
+        for item in value[:EXACT_SCAN_ITEMS]:
+            keep_exact_type(item)
+    elif kind is dict:
+        for item in list(value.values())[:EXACT_SCAN_ITEMS]:
+            keep_exact_type(item)
+    elif kind.__module__ != "numpy" or kind.__name__ != "ndarray":
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and isinstance(value, numpy.ndarray) and kind is not numpy.matrix:
+            registered = sys.__dict__.setdefault(EXACT_TYPES_ATTRIBUTE, set())
+            if kind not in registered:
+                from distributed.protocol import dask_serialize
+
+                dask_serialize.register(kind)(_pickled_by_dask)
+                registered.add(kind)
+    return value
+
+
+# Items of a list, tuple or dict looked at for such types (a long list is not walked whole).
+EXACT_SCAN_ITEMS = 64
+
+
+def _pickled_by_dask(value: Any, context: Any = None) -> Any:
+    raise NotImplementedError  # Dask goes on to its pickle serializer
 
 
 def missing_name(name: str, label: str) -> NameError:
@@ -105,7 +169,7 @@ def pick(values: dict[str, Any], which: bytes) -> Any:
         raise TimeoutError(values[1])
     if name not in values:
         raise missing_name(name, label)
-    return values[name]
+    return keep_exact_type(values[name])
 
 
 def unpicklable_names(values: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -211,7 +275,7 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
     namespace.update({name: lease.value for name, lease in leases.items()})
     displayer = Displayer() if displays else None
     namespace.update(dict.fromkeys(displays, displayer))
-    call = call_block(block, new_function(code, namespace), namespace)
+    call = call_block(block, new_function(block, code, namespace), namespace)
     key = get_worker().get_current_task()
     if stream is None:
         capturing: Any = contextlib.nullcontext(None)
@@ -241,6 +305,8 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
                     timer.start()
                 # Past this call no stop is pending for this thread or can come (see Running).
                 returned, scope = running.call(call)
+                if returned and block.module_level:
+                    scope = namespace  # module code: its namespace is its scope
             finally:
                 if watcher is not None:
                     watcher.stop()
@@ -284,6 +350,10 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
         missing = [name for name in block.saved if name not in values]
         if missing:
             raise missing_name(missing[0], block.label)
+    if not block.single:
+        qualnames = nested_qualnames(values)
+        if qualnames:
+            values[QUALNAMES_NAME] = qualnames
     if leases:
         # What the block made is dropped first: a mapping is taken back only if nothing uses it.
         del scope, namespace, call
@@ -308,7 +378,10 @@ def run_here(
 ) -> dict[str, Any]:
     """Run a block in this process (``locally``): the same function, no pickling of inputs."""
     block, code = block_and_code(packed)
-    scope = call_block(block, new_function(code, namespace), namespace)()
+    call = call_block(block, new_function(block, code, namespace), namespace)
+    scope = call()
+    if block.module_level:
+        scope = namespace
     shown = scope.pop(DISPLAY_NAME, None)
     if show is not None and shown is not None:
         show(shown)

@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 from _remote_helpers import GATE_TIMEOUT, RESULT_TIMEOUT, flush, new_gate_name
+from _tagged import Tagged
 from distributed import Client, Event
 
 import afar
@@ -214,26 +215,6 @@ def test_two_names_of_one_large_value_are_one_object_in_the_block(fresh: Client)
         seen = float(value[0])
     assert (same, seen) == (True, 7.0)
     assert len(kept_keys_on_scheduler(fresh)) == 1
-
-
-class Tagged(np.ndarray):
-    """A NumPy subclass with an attribute of its own, defined in this test module."""
-
-    def __new__(cls, data: Any, tag: str) -> Tagged:
-        made = np.asarray(data).view(cls)
-        made.tag = tag
-        return made
-
-    def __array_finalize__(self, obj: Any) -> None:
-        self.tag = getattr(obj, "tag", None)
-
-    def __reduce__(self) -> Any:
-        rebuild, arguments, state = super().__reduce__()
-        return rebuild, arguments, (state, self.tag)
-
-    def __setstate__(self, state: Any) -> None:
-        array_state, self.tag = state
-        super().__setstate__(array_state)
 
 
 def matrix(data: np.ndarray) -> np.matrix:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import traceback
 from pathlib import Path
 
@@ -44,19 +45,19 @@ def afar_frames(error: BaseException) -> list[traceback.FrameSummary]:
 
 
 def block_frames(error: BaseException) -> list[traceback.FrameSummary]:
-    """Frames of this file below the test function itself: the block and what it calls here."""
-    return [
-        frame
-        for frame in traceback.extract_tb(error.__traceback__)
-        if frame.filename == THIS_FILE and not frame.name.startswith("test_")
-    ]
+    """Frames of this file below the test function's own (where the error surfaced): the
+    block's, named as Python names it (the test function), and what it calls here."""
+    mine = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == THIS_FILE]
+    return mine[1:]
 
 
 def assert_shows_block_line(error: BaseException, line: int, with_line: int) -> None:
-    """The formatted traceback names this file, the line, and shows that line's source."""
+    """The formatted traceback names this file, the line, and shows that line's source; the
+    block's frame is named as it is without afar: after the function it stands in."""
     text = "".join(traceback.format_exception(error))
     source = THIS_SOURCE[line - 1].strip()
-    shown = f'File "{THIS_FILE}", line {line}, in <afar block {label(__file__, with_line)}>'
+    function = sys._getframe(1).f_code.co_name
+    shown = f'File "{THIS_FILE}", line {line}, in {function}'
     assert shown in text, text
     after = text.split(shown, 1)[1].splitlines()[1].strip()
     assert after == source, text
@@ -99,7 +100,7 @@ def test_traceback_goes_through_functions_defined_in_the_block(client):
     assert_shows_block_line(error, line_marked("calls parse"), with_line)
     frames = block_frames(error)
     assert [(frame.lineno, frame.name) for frame in frames] == [
-        (line_marked("calls parse"), f"<afar block {label(__file__, with_line)}>"),
+        (line_marked("calls parse"), "test_traceback_goes_through_functions_defined_in_the_block"),
         (line_marked("parses"), "parse"),
     ]
     assert frames[1].line == "return json.loads(text)  # parses"

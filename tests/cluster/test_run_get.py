@@ -455,6 +455,19 @@ def test_get_missing_name_raises_saved_name_error_at_the_with(client):
     assert raised.value.name == "skipped"  # as on any NameError
 
 
+def test_get_leaves_a_default_name_whose_statement_did_not_run_as_it_was(client):
+    """Issue 19: the user named nothing; as in Python, the name keeps what it had."""
+    before = "before"
+    with afar.get, remotely:
+        for before in range(0):  # runs no iteration: binds nothing
+            print(before)
+    assert before == "before"
+    with afar.get, remotely:
+        for never in range(0):  # noqa: B007 - unbound before, unbound after
+            pass
+    assert "never" not in locals()
+
+
 # -- what one block submits ---------------------------------------------------------------------
 def test_one_saved_name_is_one_task_keyed_by_the_block(client, graph_log):
     line = lineno() + 1

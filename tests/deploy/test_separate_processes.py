@@ -13,7 +13,7 @@ import traceback
 
 import dask
 import pytest
-from _blocks import RESULT_TIMEOUT, label, lineno
+from _blocks import RESULT_TIMEOUT, lineno
 from distributed import Future, get_worker
 
 import afar
@@ -101,7 +101,8 @@ def test_an_error_in_a_block_on_a_worker_without_afar_shows_the_block(
         with afar.get, there:
             ratio = 1 / 0  # noqa: F841
     frames = traceback.extract_tb(caught.value.__traceback__)
-    block_frames = [f for f in frames if f.name == f"<afar block {label(__file__, line)}>"]
+    # The block's frame, named after the function it stands in, as without afar.
+    block_frames = [f for f in frames if f.filename == __file__ and f.lineno == line + 1]
     assert [(f.filename, f.lineno, f.line) for f in block_frames] == [
         (__file__, line + 1, "ratio = 1 / 0  # noqa: F841")
     ]
@@ -123,3 +124,27 @@ def test_what_does_not_follow_the_block(shared_cluster, shared_client, monkeypat
     assert cwd == str(shared_cluster.deployment.directory)
     assert setting is None
     assert level != logging.DEBUG
+
+
+def test_a_large_input_moves_between_workers_that_have_no_afar(shared_cluster, shared_client):
+    """Issue 18: a kept input travels worker to worker as data, also where afar is missing."""
+    import numpy as np
+
+    value = np.arange(400_000, dtype=np.float64)  # 3.2 MB: kept on the cluster
+    totals = []
+    for worker in (shared_cluster.cpu, shared_cluster.no_afar, shared_cluster.gpu):
+        there = remotely(workers=[worker.address])
+        with afar.get, there:
+            total = float(value.sum())
+        totals.append(total)
+    assert totals == [float(value.sum())] * 3
+
+    def kept_keys(dask_scheduler=None):
+        return {
+            str(key): sorted(ws.address for ws in task.who_has)
+            for key, task in dask_scheduler.tasks.items()
+            if str(key).startswith("afar-input-")
+        }
+
+    (holders,) = shared_client.run_on_scheduler(kept_keys).values()
+    assert set(holders) == {w.address for w in shared_cluster.workers}

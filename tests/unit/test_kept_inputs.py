@@ -10,6 +10,7 @@ from __future__ import annotations
 import pickle
 import sys
 
+import cloudpickle
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,10 +20,11 @@ from afar._worker.kept import Kept
 
 
 def arrived(value: object) -> Kept:
-    """``value`` serialized on the client, then as a worker receives it."""
+    """``value`` serialized on the client, then as a worker receives it (Dask pickles it with
+    cloudpickle: plain pickle cannot, on purpose, see ``UNIMPORTABLE_MODULE``)."""
     sent = _inputs.serialize(value).kept
     frames: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(sent, protocol=5, buffer_callback=frames.append)
+    data = cloudpickle.dumps(sent, protocol=5, buffer_callback=frames.append)
     return pickle.loads(data, buffers=[bytearray(frame.raw()) for frame in frames])
 
 
@@ -71,6 +73,13 @@ def test_a_mapping_still_in_use_is_not_taken_back() -> None:
     assert view.sum() == 0.0
 
 
+def test_plain_pickle_does_not_look_afar_up_by_name() -> None:
+    """Where afar is installed it would import it, where it is not it would fail: Dask must go
+    to cloudpickle at once, as for anything of the client's script."""
+    with pytest.raises(pickle.PicklingError, match="<afar kept input>"):
+        pickle.dumps(arrived(np.ones(10)))
+
+
 def test_types_flags_and_layout_survive() -> None:
     readonly = np.frombuffer(bytes(2_000_000), dtype=np.uint8)
     fortran = np.asfortranarray(np.ones((1000, 300)))
@@ -90,7 +99,7 @@ def test_types_flags_and_layout_survive() -> None:
 def test_a_kept_value_is_sent_on_without_copying_its_buffers() -> None:
     kept = arrived(np.ones(1_000_000))
     frames: list[pickle.PickleBuffer] = []
-    data = pickle.dumps(kept, protocol=5, buffer_callback=frames.append)
-    assert len(data) < 10_000 and sum(frame.raw().nbytes for frame in frames) == 8_000_000
+    data = cloudpickle.dumps(kept, protocol=5, buffer_callback=frames.append)
+    assert len(data) < 20_000 and sum(frame.raw().nbytes for frame in frames) == 8_000_000
     again = pickle.loads(data, buffers=frames)
     assert again.lease().value.sum() == 1_000_000

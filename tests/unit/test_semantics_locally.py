@@ -8,10 +8,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from unit_helpers import shared_bodies, site_from_source
-
-from afar._analysis.names import analyse
-from afar._analysis.wrapping import share_module_globals, wrapped_text
+from unit_helpers import shared_bodies
 
 bodies = shared_bodies()
 BODIES = {body.id: body for body in bodies.BODIES}
@@ -145,32 +142,30 @@ def test_globals_of_nested_functions_at_module_level(load_module, source, names)
 
 
 SHADOWED = """\
-with afar.run, later:
+import afar
+
+
+def result():
+    return count, outer()
+
+with afar.get("count", "outer"), locally:
     count = 0
     def outer():
         count = 1
         def inner():
             global count
             count += 1
+        inner()
+        return count
 """
 
 
-def test_global_under_a_function_that_shadows_the_name_is_left_alone():
-    """`nonlocal` there would reach outer's `count`, not the block's: nothing to rewrite."""
-    site = site_from_source(SHADOWED)
-    text = wrapped_text(site)
-    analysis = analyse(site, text)
-    assert share_module_globals(site, text, analysis.assigned) == text
-
-
-def test_shared_global_keeps_line_numbers():
-    site = site_from_source(
-        "with afar.run, later:\n    n = 0\n    def f():\n        global n, other\n        n += 1\n"
-    )
-    text = wrapped_text(site)
-    shared = share_module_globals(site, text, analyse(site, text).assigned)
-    assert shared.splitlines()[3] == "        nonlocal n; global other"
-    assert len(shared.splitlines()) == len(text.splitlines())
+def test_global_under_a_function_that_shadows_the_name_is_the_module_s(load_module):
+    """The block runs as module code: `global count` is the module's `count`, the block's."""
+    plain = SHADOWED.replace('with afar.get("count", "outer"), locally:', "if True:")
+    expected = load_module(plain)
+    module = load_module(SHADOWED)
+    assert module.result() == expected.result()
 
 
 CLASS_SOURCE = """

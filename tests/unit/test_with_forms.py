@@ -232,6 +232,24 @@ def result():
     assert module.log == ["enter", "exit"]
 
 
+def test_a_default_name_not_assigned_locally_keeps_what_it_had(load_module):
+    """Issue 19: afar chose the name, the user named nothing: no error, as in Python."""
+    module = load_module(
+        """\
+import afar
+
+def result(flag):
+    value = "before"
+    with afar.get, locally:
+        if flag:
+            value = "after"
+    return value
+"""
+    )
+    assert module.result(True) == "after"
+    assert module.result(False) == "before"
+
+
 def test_a_saved_name_not_assigned_locally_is_a_saved_name_error(load_module):
     """As on a worker: the statement that assigns it did not run (issue 10)."""
     module = load_module(
