@@ -37,6 +37,9 @@ class Entry:
     # Whether the user named the saved names (afar.get("x")); else afar chose the last one bound,
     # which, as in Python, is left as it was when the statement binding it did not run.
     named: bool = True
+    # Names the block reads that are local variables of the calling function not bound yet:
+    # the block reads them as such (UnboundLocalError), not as the module's globals.
+    unbound: tuple[str, ...] = ()
 
 
 def read_variables(entry: Entry, data: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -53,12 +56,18 @@ def read_variables(entry: Entry, data: Mapping[str, Any] | None) -> dict[str, An
             # f_locals (the class namespace) does not hold: the function's frame has them.
             enclosing = frame.f_back.f_locals
     free = frame.f_code.co_freevars if enclosing and frame is not None else ()
+    # A function's own variables, bound or not: one not bound yet is not read from globals.
+    own = _function_variables(frame) if frame is not None and is_optimized(frame.f_code) else ()
     values: dict[str, Any] = {}
+    unbound = []
     for name in (*analysis.reads, *analysis.seeds, *entry.block.class_reads):
         if data is not None and name in data:
             continue  # taken from data by the caller (scattered first)
         if name in local_names:
             values[name] = local_names[name]
+        elif name in own:
+            if name in analysis.reads:
+                unbound.append(name)
         elif name in free and name in enclosing:
             values[name] = enclosing[name]
         elif name in global_names:
@@ -67,7 +76,13 @@ def read_variables(entry: Entry, data: Mapping[str, Any] | None) -> dict[str, An
         values.update({n: data[n] for n in (*analysis.reads, *analysis.seeds) if n in data})
     if frame is not None:
         release_locals_snapshot(frame)
+    entry.unbound = tuple(unbound)
     return values
+
+
+def _function_variables(frame: types.FrameType) -> frozenset[str]:
+    code = frame.f_code
+    return frozenset((*code.co_varnames, *code.co_cellvars, *code.co_freevars))
 
 
 def _is_class_body(frame: types.FrameType) -> bool:
@@ -80,7 +95,9 @@ def names_in(block: Block, data: Mapping[str, Any]) -> list[str]:
 
 
 def seeds(entry: Entry, values: Mapping[str, Any]) -> tuple[str, ...]:
-    return tuple(n for n in entry.block.analysis.seeds if n in values)
+    """The block function's parameters: names it assigns but may read first, given their outer
+    values, and the caller's unbound variables it reads (see ``Entry.unbound``)."""
+    return tuple(n for n in entry.block.analysis.seeds if n in values) + entry.unbound
 
 
 def bind_results(entry: Entry, results: Mapping[str, Any]) -> None:

@@ -23,6 +23,9 @@ from typing import Any, NamedTuple
 # Names no identifier can spell, so they never collide with the user's (pytest does the same).
 LOCALS_NAME = "@afar_locals"
 DISPLAY_NAME = "@afar_display"
+# A parameter given no value (a variable of the caller not bound yet) gets this one, and the
+# body starts by deleting it: reading it raises UnboundLocalError, as in the caller.
+UNBOUND_NAME = "@afar_unbound"
 # Process-wide cache of compiled blocks, shared by every version of this module in the process.
 CACHE_ATTRIBUTE = "_afar_compiled_blocks_v1"
 COMPILE_LOCK_ATTRIBUTE = "_afar_compile_lock_v1"
@@ -128,9 +131,18 @@ def compile_block(block: BlockCode) -> types.CodeType:
     function.col_offset = 0
     returned = ast.Return(value=ast.Call(ast.Name(LOCALS_NAME, ast.Load()), [], []))
     body.append(ast.copy_location(returned, last))
+    keywords = [name for name in block.seeds if name != block.instance]
+    for name in reversed(keywords):
+        unbind = ast.If(
+            test=ast.Compare(
+                ast.Name(name, ast.Load()), [ast.Is()], [ast.Name(UNBOUND_NAME, ast.Load())]
+            ),
+            body=[ast.Delete(targets=[ast.Name(name, ast.Del())])],
+            orelse=[],
+        )
+        body.insert(0, ast.copy_location(unbind, first))
     scopes = block.scopes or (("def", f"{BLOCK_FUNCTION_PREFIX}{block.label}>"),)
     function.name = scopes[-1][1]
-    keywords = [name for name in block.seeds if name != block.instance]
     function.args = ast.arguments(
         posonlyargs=[ast.arg(block.instance)] if block.instance else [],
         args=[],
@@ -215,10 +227,21 @@ def new_function(
         # No frame of afar's between the task and the block's code: exec is C.
         return functools.partial(exec, code, namespace)
     namespace[LOCALS_NAME] = builtins.locals
+    unbound = namespace[UNBOUND_NAME] = _Unbound()
     closure = None
     if code.co_freevars:
         closure = tuple(types.CellType(namespace.pop(name, None)) for name in code.co_freevars)
-    return types.FunctionType(code, namespace, None, None, closure)
+    function = types.FunctionType(code, namespace, None, None, closure)
+    keywords = [name for name in block.seeds if name != block.instance]
+    if keywords:
+        function.__kwdefaults__ = dict.fromkeys(keywords, unbound)
+    return function
+
+
+class _Unbound:
+    """The value of a parameter whose variable is not bound (see UNBOUND_NAME)."""
+
+    __slots__ = ()
 
 
 def call_block(

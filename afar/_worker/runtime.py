@@ -10,6 +10,7 @@ the block's function is ``compiling``'s; stopping it, ``stopping``'s; its output
 from __future__ import annotations
 
 import contextlib
+import itertools
 import pickle
 import sys
 import threading
@@ -112,22 +113,22 @@ def nested_qualnames(values: dict[str, Any]) -> dict[str, str]:
 EXACT_TYPES_ATTRIBUTE = "_afar_exact_types_v1"
 
 
-def keep_exact_type(value: Any) -> Any:
+def keep_exact_type(value: Any, depth: int = 0) -> Any:
     """Make Dask send ``value`` (and what a list, tuple or dict of it holds) as it is.
 
     Dask's NumPy serializer rebuilds a subclass of ``ndarray`` (a masked or record array, a
     user's subclass with attributes) as a plain ``ndarray``; only ``np.matrix`` has its own.
     For such a type, this process's Dask gets a serializer that declines (NotImplementedError:
     Dask then pickles it, protocol 5, buffers out of band), so the type, its attributes and its
-    layout arrive as they left. Types are looked at, never the data. Returns ``value``.
+    layout arrive as they left. Types are looked at, never the data, a few levels deep (a dict
+    may hold itself: ``g = globals()``). Returns ``value``.
     """
     kind = type(value)
-    if kind in (list, tuple):
-        for item in value[:EXACT_SCAN_ITEMS]:
-            keep_exact_type(item)
-    elif kind is dict:
-        for item in list(value.values())[:EXACT_SCAN_ITEMS]:
-            keep_exact_type(item)
+    if kind in (list, tuple, dict):
+        if depth < EXACT_SCAN_DEPTH:
+            items = value.values() if kind is dict else value
+            for item in itertools.islice(items, EXACT_SCAN_ITEMS):
+                keep_exact_type(item, depth + 1)
     elif kind.__module__ != "numpy" or kind.__name__ != "ndarray":
         numpy = sys.modules.get("numpy")
         if numpy is not None and isinstance(value, numpy.ndarray) and kind is not numpy.matrix:
@@ -140,6 +141,8 @@ def keep_exact_type(value: Any) -> Any:
     return value
 
 
+# How deep into lists, tuples and dicts keep_exact_type looks.
+EXACT_SCAN_DEPTH = 3
 # Items of a list, tuple or dict looked at for such types (a long list is not walked whole).
 EXACT_SCAN_ITEMS = 64
 
