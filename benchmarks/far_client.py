@@ -408,10 +408,12 @@ def large_input(
     show_bytes(f"(both, {repeats} each)", before, after)
 
 
-def large_frame(client: Client, pids: dict[str, int], repeats: int, rtt: float | None) -> None:
+def large_frame(
+    client: Client, pids: dict[str, int], repeats: int, rtt: float | None, megabytes: int = 100
+) -> None:
     import pandas as pd
 
-    rows = 100 * MB // 24
+    rows = megabytes * MB // 24
     seeds = iter(range(10**6))
 
     def frame() -> pd.DataFrame:
@@ -438,7 +440,7 @@ def large_frame(client: Client, pids: dict[str, int], repeats: int, rtt: float |
         afar_times, bare_times, make_times = interleave(repeats, [with_afar, bare, making])
     made = statistics.median(make_times)
     show(
-        "one block reading a new 100 MB DataFrame",
+        f"one block reading a new {megabytes} MB DataFrame",
         [t - made for t in afar_times],
         [t - made for t in bare_times],
         rtt,
@@ -556,6 +558,7 @@ def nested_tasks(client: Client, repeats: int, rtt: float | None) -> None:
 # -- main -----------------------------------------------------------------------------------------
 def far(args: argparse.Namespace, repeats: int) -> None:
     rtt = args.rtt_ms / 1000
+    big = 4 if args.quick else 40  # MB of the large input and result
     print(f"\n== far client: {args.rtt_ms:g} ms round trip, {args.bandwidth:g} MB/s ==", flush=True)
     with cluster(rtt, args.bandwidth * MB) as (client, pids):
         address = client.scheduler.address
@@ -563,21 +566,22 @@ def far(args: argparse.Namespace, repeats: int) -> None:
         first_block_of_a_new_client(address, repeats, rtt)
         blocks_in_flight(client, repeats, rtt)
         local_module_block(client, repeats, rtt)
-        large_input(client, pids, 40, max(3, repeats // 4), rtt)
-        one_input_many_blocks(client, pids, 40, 4, max(2, repeats // 8), rtt)
-        large_result(client, max(3, repeats // 4), rtt)
-        nested_tasks(client, max(3, repeats // 4), rtt)
+        large_input(client, pids, big, max(2, repeats // 4), rtt)
+        one_input_many_blocks(client, pids, big, 4, max(1, repeats // 8), rtt)
+        large_result(client, max(2, repeats // 4), rtt, big)
+        nested_tasks(client, max(2, repeats // 4), rtt)
 
 
 def loopback(args: argparse.Namespace, repeats: int) -> None:
     print("\n== loopback: scheduler and one worker process on 127.0.0.1 ==", flush=True)
+    big = 10 if args.quick else 100  # MB
     with cluster(None, 0) as (client, pids):
-        for megabytes in (1, 10, 100):
+        for megabytes in (1, 10, big) if not args.quick else (1, big):
             large_input(
                 client, pids, megabytes, repeats if megabytes < 100 else max(3, repeats // 3), None
             )
-        large_frame(client, pids, max(3, repeats // 3), None)
-        one_input_many_blocks(client, pids, 100, 10, max(2, repeats // 6), None)
+        large_frame(client, pids, max(2, repeats // 3), None, big)
+        one_input_many_blocks(client, pids, big, 10, max(1, repeats // 6), None)
         changed_between_blocks(client)
         large_result(client, repeats, None)
         nested_tasks(client, max(3, repeats // 3), None)
@@ -594,7 +598,7 @@ def main() -> None:
     parser.add_argument("--bandwidth", type=float, default=50.0, help="MB/s of the far link")
     parser.add_argument("--only", choices=["far", "loopback"], help="one part only")
     args = parser.parse_args()
-    repeats = 3 if args.quick else 12
+    repeats = 2 if args.quick else 12
     threshold = _inputs.large_input_threshold() / MB
     digest = type(_inputs._new_digest()).__name__
     print(

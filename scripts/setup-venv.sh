@@ -17,7 +17,9 @@ text = open(sys.argv[1]).read()
 print(re.search(r'"distributed>=([0-9][0-9.]*)"', text).group(1))
 PY
 )"
-  pins=("distributed==$oldest" "dask==$oldest")
+  # Bokeh of that time too: distributed's performance_report of then stops a newer Bokeh's
+  # server in a way that Bokeh 3.7 refuses ("Cannot synchronously wait on a running loop").
+  pins=("distributed==$oldest" "dask==$oldest" "bokeh<3.7")
 fi
 if [[ ! -x "$venv/bin/python" ]]; then
   "$python" -m venv "$venv" >&2
