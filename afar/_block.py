@@ -73,8 +73,7 @@ class Block:
     @property
     def source(self) -> str:
         """The body's source, as written."""
-        first, last = self.site.body_first_line, self.site.body_last_line
-        return "".join(self.site.lines[first - 1 : last])
+        return "".join(self.site.lines_between(self.site.body_first_line, self.site.body_last_line))
 
     def packed(
         self,
@@ -99,7 +98,7 @@ class Block:
                 filename=site.filename,
                 text=self.text,
                 wrapped=self.wrapped,
-                shown_lines=site.lines[first - 1 : site.body_last_line],
+                shown_lines=site.lines_between(first, site.body_last_line),
                 first_shown_line=first,
                 seeds=seeds,
                 saved=saved,
@@ -148,6 +147,7 @@ def block_for_source(source: str, filename: str) -> Block:
     site = Site(
         filename=filename,
         lines=lines,
+        lines_from=1,
         node=node,
         body_first_line=first_line(tree.body[0]),
         body_last_line=last.end_lineno or last.lineno,

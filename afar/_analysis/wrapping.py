@@ -47,7 +47,7 @@ def wrapped_text(site: Site) -> str:
     """The body as the body of ``def``, every line at its original number."""
     start = site.body_first_line
     head = "\n" * (start - 2) + f"def {WRAPPER_NAME}():\n"
-    return head + "".join(site.lines[start - 1 : site.body_last_line])
+    return head + "".join(site.lines_between(start, site.body_last_line))
 
 
 def share_module_globals(site: Site, text: str, assigned: frozenset[str]) -> str:

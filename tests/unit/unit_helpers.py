@@ -56,12 +56,14 @@ def site_from_source(source: str, filename: str = "<afar-unit-site>") -> Site:
     node = next(n for n in ast.walk(tree) if isinstance(n, (ast.With, ast.AsyncWith)))
     first = node.body[0]
     decorators = getattr(first, "decorator_list", None) or []
+    last = node.body[-1].end_lineno or node.body[-1].lineno
     return Site(
         filename=filename,
-        lines=tuple(source.splitlines(keepends=True)),
+        lines=tuple(source.splitlines(keepends=True))[node.lineno - 1 : last],
+        lines_from=node.lineno,
         node=node,
         body_first_line=min([first.lineno, *(d.lineno for d in decorators)]),
-        body_last_line=node.body[-1].end_lineno or node.body[-1].lineno,
+        body_last_line=last,
         future_features=(),
     )
 
