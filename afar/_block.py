@@ -30,7 +30,10 @@ class Block:
 
     site: Site
     analysis: Analysis
+    # The text that travels, from its line ``text_lineno`` on: the blank lines that put it at
+    # its line numbers are one number, not one byte per line of the file before it (issue 19).
     text: str
+    text_lineno: int = 1
     wrapped: bool = True
     _packed: dict[tuple[object, ...], bytes] = field(default_factory=dict, repr=False)
 
@@ -97,6 +100,7 @@ class Block:
             code = BlockCode(
                 filename=site.filename,
                 text=self.text,
+                text_lineno=self.text_lineno,
                 wrapped=self.wrapped,
                 shown_lines=site.lines_between(first, site.body_last_line),
                 first_shown_line=first,
@@ -112,6 +116,12 @@ class Block:
             )
             found = self._packed[variant] = pickle.dumps(tuple(code), protocol=5)
         return found
+
+
+def _unpadded(text: str) -> tuple[str, int]:
+    """``text`` without its leading blank lines, and the line number it then starts at."""
+    kept = text.lstrip("\n")
+    return kept, 1 + len(text) - len(kept)
 
 
 def _is_bare_super(node: ast.AST) -> bool:
@@ -154,7 +164,10 @@ def block_for_source(source: str, filename: str) -> Block:
         future_features=(),
     )
     wrapped = wrap(site, module_level=True, cell=True)  # a cell runs at module level
-    block = Block(site=site, analysis=wrapped.analysis, text=wrapped.text, wrapped=False)
+    text, text_lineno = _unpadded(wrapped.text)
+    block = Block(
+        site=site, analysis=wrapped.analysis, text=text, text_lineno=text_lineno, wrapped=False
+    )
     with _blocks_lock:
         _cells[(filename, source)] = block
         while len(_cells) > BLOCK_CACHE_SIZE:
@@ -180,7 +193,8 @@ def block_for(frame: types.FrameType) -> Block:
     site = site_for(frame)
     # Module level: a script, a notebook cell.
     wrapped = wrap(site, module_level=frame.f_locals is frame.f_globals)
-    block = Block(site=site, analysis=wrapped.analysis, text=wrapped.text)
+    text, text_lineno = _unpadded(wrapped.text)
+    block = Block(site=site, analysis=wrapped.analysis, text=text, text_lineno=text_lineno)
     with _blocks_lock:
         _blocks[location] = block
         while len(_blocks) > BLOCK_CACHE_SIZE:

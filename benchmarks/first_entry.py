@@ -40,7 +40,7 @@ import afar
 SCRIPT_TIMEOUT = 1800  # seconds: the code before this change took minutes per large script
 CELL_FILES = 500  # files of one block each, as notebook cells are, for the workers' linecache
 
-WARM_MODULE = '''\
+WARM_MODULE = """\
 import afar
 
 
@@ -48,7 +48,7 @@ def warm():
     with afar.get, remotely:
         warmed = 1
     return warmed
-'''
+"""
 
 HEADER = """\
 import json

@@ -1,76 +1,112 @@
-"""A source file read once: where its ``with`` statements are, its pieces parsed on demand.
+"""A source file as afar reads it: the top-level statement holding a block, parsed alone.
 
-The first entry of a block must cost what its own block costs, not its file (issue 19). A file
-is parsed once per (file name, ``from __future__`` flags, text), and what is kept of it is
-small: its lines (the strings linecache holds), the line ranges of its top-level statements,
-and per ``with`` statement its position and the class it stands in. The file's syntax tree is
-not kept (tens of MB for a 20,000-line file): the top-level statement holding a block is parsed
-again alone, at its own line numbers, which gives the same nodes; the last few are kept, with
-their code compiled once, so that the blocks of one long function share them. What the running
-code does on the lines of ``with`` statements is read once per code object (``signature``).
+The first entry of a block must cost what its own block costs, not its file (issue 19). What
+holds a block is one top-level statement (a function, a class, a ``with`` or ``if`` at module
+level) and the statements sharing its lines: a *piece*, whole lines of whole statements, which
+parses alone at its own line numbers to the same nodes as in the whole file. Each is found
+from the block's line without reading the rest of the file (``FileIndex.piece_at``): a top-level
+statement starts on a line with no indentation, and a piece cut anywhere else (inside a string
+or brackets, before an ``else:``) does not parse. A piece found so is trusted only once the
+running code is shown to be its code; otherwise the whole file is parsed once
+(``FileIndex.whole``), which decides, as before. The last few pieces are kept with their code
+compiled, so that the blocks of one long function share them; the syntax tree of the whole file
+is not kept (tens of MB for a 20,000-line file).
+
+What code does on each line is read once per code object (``code_table``): the running module
+of a script is disassembled once, not once per block.
 """
 
 from __future__ import annotations
 
 import ast
+import bisect
 import dis
+import re
 import sys
 import threading
 import types
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 from afar import _cpython
 
-# Files indexed and kept (a notebook cell is one): a block entered again needs none of this.
+# Files whose source is kept as read (a notebook cell is one); a block entered again needs none
+# of this, only its first entry does.
 FILE_INDEXES_KEPT = 16
-# Per file: pieces parsed (usually the one whose blocks are being entered) and code objects
-# whose operations are read (the running module or function, and the fresh compile of it).
+# Pieces kept parsed per file: usually the one whose blocks are being entered.
 PIECES_KEPT = 2
+# Code objects whose operations are kept by line: the running module or function, and the
+# fresh compile of a piece.
 CODE_TABLES_KEPT = 8
+# Parses tried to find a piece before parsing the whole file: a piece cut where no statement
+# starts (a line at column 0 inside a string) does not parse, and a longer one is tried.
+PIECE_ATTEMPTS = 8
+STARTS_TRIED = 3
+
+# A line at column 0 may start a top-level statement unless it starts with one of these (or is
+# a clause of the statement before it).
+NOT_A_START = frozenset(" \t\f\r\n#)]}\\")
+CLAUSE = re.compile(r"(?:else|elif|except|finally)\b")
+DEFINITION = re.compile(r"(?:async\s+def|def|class)\b")
+# A statement after the piece, so that it compiles as it does when code follows it (a with
+# statement: 3.11+ jumps over its exit handling, 3.10 inlines that handling). Never run.
+FOLLOWING = "__afar_following__ = 0\n"
 
 SCOPE_NODES = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-# One operation the source check counts, and the code object it makes, if any.
+# One operation the source check counts, and the code object it makes (a function), if any.
 Operation = tuple[tuple[object, ...], types.CodeType | None]
 LineTable = dict[int, list[Operation]]
-
-
-@dataclass(frozen=True)
-class WithStatement:
-    """Where one ``with`` statement of a file stands, and what surrounds it."""
-
-    lineno: int
-    col_offset: int
-    piece: int  # the index of the piece (see ``FileIndex.pieces``) that holds it
-    # The innermost class it stands in, and the first parameter of the function it stands in
-    # when that function is in the class: what ``super()`` and name mangling need.
-    class_name: str | None
-    instance: str | None
+Parse = Callable[[str, str, int], tuple[ast.Module, str]]
+# A with statement, the class it stands in, and the first parameter of the function it stands
+# in when that function is in the class (what ``super()`` and name mangling need).
+Found = tuple[ast.With | ast.AsyncWith, str | None, str | None]
 
 
 class Piece:
-    """One piece of a file parsed alone, with the piece after it (the code that follows it)."""
+    """Whole top-level statements of a file parsed alone, and the ``with`` statements in them.
 
-    def __init__(self, filename: str, flags: int, span: tuple[int, int], tree: ast.Module) -> None:
+    ``tree`` may end with a statement that follows them (``own`` leaves it out).
+    """
+
+    def __init__(
+        self,
+        filename: str,
+        flags: int,
+        lines: tuple[str, ...],
+        span: tuple[int, int],
+        tree: ast.Module,
+    ) -> None:
         self.filename = filename
         self.flags = flags
+        self.lines = lines  # the file's lines it was parsed from
+        self.span = span
         self.tree = tree
         first, last = span
         self.own = [s for s in tree.body if first <= first_line(s) <= last]
-        self.nodes = {
-            (node.lineno, node.col_offset): node for node, _ in with_statements(self.own)
-        }
-        self._code: types.CodeType | None | bool = False  # False: not compiled yet
+        # Line -> the innermost with statement whose header spans it, and what surrounds it.
+        self.headers: dict[int, Found] = {}
+        for node, scopes in with_statements(self.own):
+            header_end = max(node.lineno, first_line(node.body[0]) - 1)
+            for line in range(node.lineno, header_end + 1):
+                existing = self.headers.get(line)
+                if existing is None or node.lineno > existing[0].lineno:
+                    self.headers[line] = (node, *class_of(scopes))
+        self._code: types.CodeType | None = None
+        self._compiled = False
+
+    def with_at(self, lineno: int) -> Found | None:
+        """The innermost ``with`` statement whose header spans ``lineno``, and its context."""
+        return self.headers.get(lineno)
 
     def code(self) -> types.CodeType | None:
-        """The piece and the next one compiled as a module; None if that does not compile."""
-        if self._code is False:
+        """The piece (and what follows it) compiled as a module; None if it does not compile."""
+        if not self._compiled:
             try:
                 self._code = _cpython.compile_tree(self.tree, self.filename, "exec", self.flags)
             except SyntaxError:
                 self._code = None
-        return self._code  # type: ignore[return-value]
+            self._compiled = True
+        return self._code
 
     def statement_alone(self, lineno: int) -> types.CodeType | None:
         """The top-level statement holding line ``lineno`` compiled as a module of its own."""
@@ -84,110 +120,130 @@ class Piece:
         return None
 
 
-class FileIndex:
-    """A file's ``with`` statements and top-level statements; built by ``index_for``."""
+class WholeFile:
+    """The whole file parsed once: where each top-level statement stands, and its pieces."""
 
-    def __init__(
-        self,
-        filename: str,
-        flags: int,
-        read: tuple[str, ...],
-        lines: tuple[str, ...],
-        tree: ast.Module,
-    ) -> None:
+    def __init__(self, filename: str, flags: int, lines: tuple[str, ...], tree: ast.Module):
         self.filename = filename
         self.flags = flags
-        self.read = read  # the lines as read (before IPython's transformation, if any)
-        self.read_from: object = None  # linecache's list they came from: the same, unchanged
-        self.lines = lines  # the lines parsed, one string per line, with line endings
-        # Pieces: runs of top-level statements that share lines (``a = 1; b = 2``), as
-        # (first line, decorators included, last line). Each is whole lines of whole statements.
-        self.pieces: list[tuple[int, int]] = []
+        self.lines = lines  # the lines parsed (IPython's syntax transformed, if it had to be)
+        self.spans: list[tuple[int, int]] = []  # (first line, decorators included; last line)
         for statement in tree.body:
             first, last = first_line(statement), statement.end_lineno or statement.lineno
-            if self.pieces and first <= self.pieces[-1][1]:
-                self.pieces[-1] = (self.pieces[-1][0], max(last, self.pieces[-1][1]))
+            if self.spans and first <= self.spans[-1][1]:  # ``a = 1; b = 2``: one piece
+                self.spans[-1] = (self.spans[-1][0], max(last, self.spans[-1][1]))
             else:
-                self.pieces.append((first, last))
-        # Line -> the innermost with statement whose header spans it; and the lines that any
-        # with statement spans, the only ones whose operations are read.
-        self.headers: dict[int, WithStatement] = {}
-        self.covered = bytearray(len(lines) + 2)
-        piece = 0
-        for statement in tree.body:
-            while self.pieces[piece][1] < first_line(statement):
-                piece += 1
-            for node, scopes in with_statements([statement]):
-                found = WithStatement(node.lineno, node.col_offset, piece, *class_of(scopes))
-                header_end = max(node.lineno, first_line(node.body[0]) - 1)
-                for line in range(node.lineno, header_end + 1):
-                    existing = self.headers.get(line)
-                    if existing is None or node.lineno > existing.lineno:
-                        self.headers[line] = found
-                end = min(node.end_lineno or node.lineno, len(lines))
-                self.covered[node.lineno : end + 1] = b"\x01" * (end + 1 - node.lineno)
+                self.spans.append((first, last))
+        self._firsts = [first for first, _ in self.spans]
         self._lock = threading.Lock()
         self._parsed: OrderedDict[int, Piece] = OrderedDict()
-        self._tables: OrderedDict[int, tuple[types.CodeType, LineTable]] = OrderedDict()
-        self._module: types.CodeType | None | bool = False
+        self._module: types.CodeType | None = None
+        self._compiled = False
 
-    def with_at(self, lineno: int) -> WithStatement | None:
-        """The innermost ``with`` statement whose header spans ``lineno``."""
-        return self.headers.get(lineno)
-
-    def piece(self, number: int) -> Piece:
-        """Piece ``number`` (and the one after it) parsed alone, at their own line numbers."""
+    def piece_holding(self, lineno: int) -> Piece | None:
+        """The piece holding line ``lineno``, parsed with the one after it (its following code)."""
+        number = bisect.bisect_right(self._firsts, lineno) - 1
+        if number < 0 or self.spans[number][1] < lineno:
+            return None
         with self._lock:
             found = self._parsed.get(number)
             if found is not None:
                 self._parsed.move_to_end(number)
                 return found
-        first = self.pieces[number][0]
-        last = self.pieces[min(number + 1, len(self.pieces) - 1)][1]
-        # Blank lines before it keep its line numbers (the tokenizer skips them at C speed).
-        text = "\n" * (first - 1) + "".join(self.lines[first - 1 : last])
+        first = self.spans[number][0]
+        last = self.spans[min(number + 1, len(self.spans) - 1)][1]
+        text = _at_line(first, self.lines[first - 1 : last])
         try:
             tree = _cpython.parse(text, self.filename, "exec", self.flags)
         except SyntaxError:  # never seen: whole statements parse alone; take them from the file
             whole = _cpython.parse("".join(self.lines), self.filename, "exec", self.flags)
             body = [s for s in whole.body if first <= first_line(s) <= last]
             tree = ast.Module(body=body, type_ignores=[])
-        found = Piece(self.filename, self.flags, self.pieces[number], tree)
+        found = Piece(self.filename, self.flags, self.lines, self.spans[number], tree)
         with self._lock:
             self._parsed[number] = found
             while len(self._parsed) > PIECES_KEPT:
                 self._parsed.popitem(last=False)
         return found
 
-    def node(self, statement: WithStatement) -> ast.With | ast.AsyncWith | None:
-        return self.piece(statement.piece).nodes.get((statement.lineno, statement.col_offset))
-
     def module_code(self) -> types.CodeType | None:
-        """The whole file compiled (None if it does not compile on its own): only when the
-        running code matches none of its pieces, to compare with it as a whole."""
-        if self._module is False:
+        """The whole file compiled (None if it does not compile on its own)."""
+        if not self._compiled:
             try:
                 self._module = compile(
                     "".join(self.lines), self.filename, "exec", flags=self.flags, dont_inherit=True
                 )
             except SyntaxError:
                 self._module = None
-        return self._module  # type: ignore[return-value]
+            self._compiled = True
+        return self._module
 
-    def table(self, code: types.CodeType) -> LineTable:
-        """What ``code`` does on the lines of ``with`` statements, read once per code object."""
-        key = id(code)  # the table keeps the code alive: no other object gets its id meanwhile
+
+class FileIndex:
+    """A file's source as read, and the pieces of it found so far; built by ``index_for``."""
+
+    def __init__(self, filename: str, flags: int, read: tuple[str, ...], parse: Parse) -> None:
+        self.filename = filename
+        self.flags = flags
+        self.read = read  # the lines as read, with line endings
+        self.read_from: object = None  # linecache's list they came from (the same while unchanged)
+        self._parse = parse
+        self._lock = threading.Lock()
+        self._pieces: OrderedDict[tuple[int, int], Piece] = OrderedDict()
+        self._whole: WholeFile | None = None
+
+    def piece_at(self, lineno: int) -> Piece | None:
+        """The piece holding the ``with`` statement whose header spans ``lineno``, found without
+        parsing the whole file; None when no parse of the lines around it finds one."""
         with self._lock:
-            found = self._tables.get(key)
-            if found is not None and found[0] is code:
-                self._tables.move_to_end(key)
-                return found[1]
-        table = line_table(code, self.covered)
-        with self._lock:
-            self._tables[key] = (code, table)
-            while len(self._tables) > CODE_TABLES_KEPT:
-                self._tables.popitem(last=False)
-        return table
+            for span, piece in reversed(self._pieces.items()):
+                if span[0] <= lineno <= span[1] and piece.with_at(lineno) is not None:
+                    self._pieces.move_to_end(span)
+                    return piece
+        found = self._find_piece(lineno)
+        if found is not None:
+            with self._lock:
+                self._pieces[found.span] = found
+                while len(self._pieces) > PIECES_KEPT:
+                    self._pieces.popitem(last=False)
+        return found
+
+    def _find_piece(self, lineno: int) -> Piece | None:
+        lines = self.read
+        if not 1 <= lineno <= len(lines):
+            return None
+        attempts = 0
+        for first in _starts_up_to(lines, lineno, STARTS_TRIED):
+            for end in _starts_after(lines, lineno):
+                attempts += 1
+                if attempts > PIECE_ATTEMPTS:
+                    return None
+                chunk = lines[first - 1 : end - 1]
+                following = FOLLOWING if end <= len(lines) else ""
+                ending = "" if chunk[-1].endswith("\n") else "\n"
+                try:
+                    tree = _cpython.parse(
+                        _at_line(first, chunk) + ending + following,
+                        self.filename,
+                        "exec",
+                        self.flags,
+                    )
+                except (SyntaxError, ValueError):  # ValueError: a null byte
+                    continue
+                piece = Piece(self.filename, self.flags, lines, (first, end - 1), tree)
+                if piece.with_at(lineno) is not None:
+                    return piece
+                break  # whole statements without the block: start earlier
+        return None
+
+    def whole(self) -> WholeFile:
+        """The whole file parsed (once): raises ``SourceError`` if it does not parse."""
+        if self._whole is None:
+            source = "".join(self.read)
+            tree, parsed = self._parse(self.filename, source, self.flags)
+            lines = self.read if parsed == source else tuple(parsed.splitlines(keepends=True))
+            self._whole = WholeFile(self.filename, self.flags, lines, tree)
+        return self._whole
 
 
 _indexes: OrderedDict[tuple[str, int], FileIndex] = OrderedDict()
@@ -200,13 +256,14 @@ def index_for(
     lines: Sequence[str] | None = None,
     text: str | None = None,
     *,
-    parse: Callable[[str, str, int], tuple[ast.Module, str]],
+    parse: Parse,
 ) -> FileIndex:
-    """The index of a file's source, given as its linecache ``lines`` or as ``text``.
+    """The index of a file's source, given as the list linecache holds or as ``text``.
 
-    Built once per (file name, flags, text); ``parse(filename, text, flags)`` returns the tree
-    and the text it parsed (IPython's syntax transformed). The lines linecache holds for an
-    unchanged file are the same list each time: recognised without reading them.
+    One per (file name, flags), replaced when the text changes. ``parse(filename, text,
+    flags)`` gives the tree of the whole text and the text it parsed (IPython's syntax
+    transformed). linecache holds the same list for a file while it is unchanged: recognised
+    without reading it.
     """
     key = (filename, flags)
     with _indexes_lock:
@@ -219,10 +276,7 @@ def index_for(
     if index is not None and index.read == read:
         index.read_from = lines
         return index
-    source = "".join(read) if text is None else text
-    tree, parsed_text = parse(filename, source, flags)
-    parsed_lines = read if parsed_text == source else tuple(parsed_text.splitlines(True))
-    index = FileIndex(filename, flags, read, parsed_lines, tree)
+    index = FileIndex(filename, flags, read, parse)
     index.read_from = lines
     with _indexes_lock:
         _indexes[key] = index
@@ -230,6 +284,48 @@ def index_for(
         while len(_indexes) > FILE_INDEXES_KEPT:
             _indexes.popitem(last=False)
     return index
+
+
+def _at_line(first: int, lines: Sequence[str]) -> str:
+    """``lines`` as a source whose first line is line ``first`` (blank lines before it, which
+    the tokenizer skips at C speed)."""
+    return "\n" * (first - 1) + "".join(lines)
+
+
+def _may_start(line: str) -> bool:
+    """Whether a top-level statement may start on ``line`` (no indentation, not a clause)."""
+    return bool(line) and line[0] not in NOT_A_START and CLAUSE.match(line) is None
+
+
+def _starts_up_to(lines: Sequence[str], lineno: int, count: int) -> Iterator[int]:
+    """Lines at or before ``lineno`` where a top-level statement may start, nearest first: a
+    definition's decorators included."""
+    number = lineno
+    while number >= 1 and count > 0:
+        if not _may_start(lines[number - 1]):
+            number -= 1
+            continue
+        start = number
+        if DEFINITION.match(lines[number - 1]):
+            above = number - 1
+            while above >= 1:
+                text = lines[above - 1]
+                if text.startswith("@"):
+                    start = above
+                elif text.strip() and not text.lstrip().startswith("#"):
+                    break
+                above -= 1
+        yield start
+        count -= 1
+        number = start - 1
+
+
+def _starts_after(lines: Sequence[str], lineno: int) -> Iterator[int]:
+    """Lines after ``lineno`` where a top-level statement may start, then the end of the file."""
+    for number in range(lineno + 1, len(lines) + 1):
+        if _may_start(lines[number - 1]):
+            yield number
+    yield len(lines) + 1
 
 
 def first_line(statement: ast.stmt) -> int:
@@ -279,6 +375,25 @@ def class_of(scopes: tuple[ast.AST, ...]) -> tuple[str | None, str | None]:
 # lines of the with statement (names, constants, operations), so that an edit which keeps line
 # numbers is caught too. How each opcode is treated: afar._cpython.
 
+_tables: OrderedDict[int, tuple[types.CodeType, LineTable]] = OrderedDict()
+_tables_lock = threading.Lock()
+
+
+def code_table(code: types.CodeType) -> LineTable:
+    """The operations of ``code`` by line, read once per code object (the last few kept)."""
+    key = id(code)  # the table keeps its code alive: no other object has its id meanwhile
+    with _tables_lock:
+        found = _tables.get(key)
+        if found is not None and found[0] is code:
+            _tables.move_to_end(key)
+            return found[1]
+    table = line_table(code)
+    with _tables_lock:
+        _tables[key] = (code, table)
+        while len(_tables) > CODE_TABLES_KEPT:
+            _tables.popitem(last=False)
+    return table
+
 
 def operations(code: types.CodeType) -> Iterator[tuple[int, Operation]]:
     """(line, operation) for each operation of ``code`` that the comparison counts."""
@@ -291,7 +406,7 @@ def operations(code: types.CodeType) -> Iterator[tuple[int, Operation]]:
         name = instruction.opname
         if name in _cpython.IGNORED_OPNAMES or _returns_none(instructions, index):
             continue
-        parts = _cpython.FAST_VARIANTS.get(name)
+        parts = _cpython.VARIANTS.get(name)
         if parts is not None:
             argval = instruction.argval
             for part, local in zip(parts, argval if isinstance(argval, tuple) else (argval,)):
@@ -304,34 +419,23 @@ def operations(code: types.CodeType) -> Iterator[tuple[int, Operation]]:
             yield line, ((line, name, repr(instruction.argval)), None)
 
 
-def line_table(code: types.CodeType, covered: bytearray | None = None) -> LineTable:
-    """The operations of ``code`` by line; only on ``covered`` lines if given."""
+def line_table(code: types.CodeType) -> LineTable:
     table: LineTable = {}
     for line, operation in operations(code):
-        if covered is None or (0 <= line < len(covered) and covered[line]):
-            table.setdefault(line, []).append(operation)
+        table.setdefault(line, []).append(operation)
     return table
 
 
 def signature(
     code: types.CodeType | LineTable,
-    first: int,
-    last: int,
+    first: int = 0,
+    last: int = sys.maxsize,
     skipped: frozenset[int] = frozenset(),
 ) -> Counter[tuple[object, ...]]:
     """What ``code`` (or its ``line_table``) does on lines ``first``..``last`` (but
     ``skipped``): a multiset of (line, operation, operand); a function or class defined there
     counts with what its own code does."""
-    if isinstance(code, types.CodeType):
-        if first == 0 and last == sys.maxsize:
-            table = line_table(code)
-        else:
-            table = {}
-            for line, operation in operations(code):
-                if first <= line <= last:
-                    table.setdefault(line, []).append(operation)
-    else:
-        table = code
+    table = line_table(code) if isinstance(code, types.CodeType) else code
     tokens: Counter[tuple[object, ...]] = Counter()
     lines = range(first, last + 1) if last - first < len(table) else sorted(table)
     for line in lines:
@@ -339,7 +443,7 @@ def signature(
             continue
         for token, inner in table.get(line, ()):
             if inner is not None:
-                body = sorted(signature(inner, 0, sys.maxsize, skipped).items(), key=repr)
+                body = sorted(signature(inner, skipped=skipped).items(), key=repr)
                 token = (*token, inner.co_name, tuple(body))
             tokens[token] += 1
     return tokens

@@ -5,12 +5,15 @@ from __future__ import annotations
 import ast
 import linecache
 import types
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
 from afar import _cpython, _ipython
 from afar._analysis.index import (
     FileIndex,
+    Piece,
+    code_table,
     first_line,
     index_for,
     signature,
@@ -88,34 +91,72 @@ def short_filename(filename: str) -> str:
 
 
 def site_for(frame: types.FrameType) -> Site:
-    """The afar ``with`` statement that ``frame`` is entering; raise if it cannot be trusted."""
+    """The afar ``with`` statement that ``frame`` is entering; raise if it cannot be trusted.
+
+    The statement is looked for in the top-level statement around the frame's line, parsed
+    alone, and trusted once the running code is shown to be its code (its cost is the block's,
+    not the file's: issue 19). Otherwise the whole file is parsed, which decides and says what
+    is wrong.
+    """
     filename = frame.f_code.co_filename
     features = _cpython.future_features(frame.f_code)
     index = file_index(frame, _cpython.future_flags(features))
-    statement = index.with_at(frame.f_lineno)
-    node = index.node(statement) if statement is not None else None
-    if statement is None or node is None:
+    if filename not in IPYTHON_TIMEIT_FILENAMES:  # a %%timeit cell has no running code to match
+        found = index.piece_at(frame.f_lineno)
+        site = _site(frame, found, features) if found is not None else None
+        if (
+            found is not None
+            and site is not None
+            and running_code_matches(frame, site, _candidates(frame, found, site))
+        ):
+            check_body_not_on_header(site)
+            return site
+    whole = index.whole()
+    piece = whole.piece_holding(frame.f_lineno)
+    site = _site(frame, piece, features) if piece is not None else None
+    if piece is None or site is None:
         raise SourceError(
             f'{filename}, line {frame.f_lineno}: the source afar found there holds no "with" '
             "statement. The file was probably changed after it was imported: restart the "
             "process (or re-run the cell) so that the running code matches its source."
         )
+    check_body_not_on_header(site)
+    if filename in IPYTHON_TIMEIT_FILENAMES:
+        return site
+    if running_code_matches(frame, site, _candidates(frame, piece, site)):
+        return site
+    module = whole.module_code()
+    if module is None:
+        # The source parsed as a tree but does not compile on its own (an IPython cell with
+        # top-level await, for instance): nothing to compare with.
+        return site
+    if not running_code_matches(frame, site, iter([module])):
+        raise SourceError(
+            f"{site.filename}, line {site.node.lineno}: the source of this block is not the "
+            "code that is running (the file was edited after it was imported, or exec() ran "
+            "other text under this file name). afar does not run code it cannot see: restart "
+            "the process or re-import the module so that the source matches."
+        )
+    return site
+
+
+def _site(frame: types.FrameType, piece: Piece, features: tuple[str, ...]) -> Site | None:
+    found = piece.with_at(frame.f_lineno)
+    if found is None:
+        return None
+    node, class_name, instance = found
     last = node.body[-1].end_lineno or node.body[-1].lineno
-    site = Site(
-        filename=filename,
-        lines=index.lines[node.lineno - 1 : last],
+    return Site(
+        filename=frame.f_code.co_filename,
+        lines=piece.lines[node.lineno - 1 : last],
         lines_from=node.lineno,
         node=node,
         body_first_line=first_line(node.body[0]),
         body_last_line=last,
         future_features=features,
-        class_name=statement.class_name,
-        instance=statement.instance,
+        class_name=class_name,
+        instance=instance,
     )
-    check_body_not_on_header(site)
-    if filename not in IPYTHON_TIMEIT_FILENAMES:
-        check_running_code(frame, index, site)
-    return site
 
 
 def file_index(frame: types.FrameType, flags: int) -> FileIndex:
@@ -235,47 +276,34 @@ def check_body_not_on_header(site: Site) -> None:
 PYTEST_REWRITE_MARKER = "@pytest_ar"
 
 
-def check_running_code(frame: types.FrameType, index: FileIndex, site: Site) -> None:
-    """Raise unless the source of ``site`` compiles to what ``frame`` runs on its lines.
+def _candidates(
+    frame: types.FrameType, piece: Piece, site: Site
+) -> Iterator[types.CodeType | None]:
+    """Fresh code to compare with the running code, each compiled only if the one before does
+    not match: the piece with the code that follows it, as the whole file compiles it on the
+    block's lines; at module level, the top-level statement alone too, as IPython compiles a
+    cell (one top-level statement at a time)."""
+    yield piece.code()
+    if frame.f_code.co_name == "<module>":
+        yield piece.statement_alone(site.node.lineno)
 
-    What is compiled is the top-level statement that holds the block, with the one after it
-    (a with statement compiles differently when code follows it: 3.11+ jumps over its exit
-    handling, 3.10 inlines that handling), which is what the whole file compiles to on those
-    lines; IPython compiles a cell one top-level statement at a time, so at module level the
-    statement alone is compared too. Only when neither matches is the whole file compiled and
-    compared, as the last word: the cost of a block stays its own, not its file's.
-    """
+
+def running_code_matches(
+    frame: types.FrameType, site: Site, candidates: Iterator[types.CodeType | None]
+) -> bool:
+    """Whether one of ``candidates`` (modules compiled from the source) does on the block's
+    lines what the code ``frame`` runs does there."""
     code = frame.f_code
     first, last = site.node.lineno, site.body_last_line
     skipped = _assert_lines(site) if PYTEST_REWRITE_MARKER in frame.f_globals else frozenset()
     module_level = code.co_name == "<module>"
-    running = signature(index.table(code), first, last, skipped)
-
-    def matches(fresh: types.CodeType | None) -> bool:
+    running = signature(code_table(code), first, last, skipped)
+    for fresh in candidates:
         if fresh is not None and not module_level:
             fresh = find_code(fresh, code)
-        return fresh is not None and signature(index.table(fresh), first, last, skipped) == running
-
-    statement = index.with_at(site.node.lineno)
-    piece = index.piece(statement.piece) if statement is not None else None
-    if piece is not None and matches(piece.code()):
-        return
-    if module_level and piece is not None:
-        alone = piece.statement_alone(site.node.lineno)
-        if alone is not None and signature(alone, first, last, skipped) == running:
-            return
-    whole = index.module_code()
-    if whole is None:
-        # The source parsed as a tree but does not compile on its own (an IPython cell with
-        # top-level await, for instance): nothing to compare with.
-        return
-    if not matches(whole):
-        raise SourceError(
-            f"{site.filename}, line {site.node.lineno}: the source of this block is not the "
-            "code that is running (the file was edited after it was imported, or exec() ran "
-            "other text under this file name). afar does not run code it cannot see: restart "
-            "the process or re-import the module so that the source matches."
-        )
+        if fresh is not None and signature(code_table(fresh), first, last, skipped) == running:
+            return True
+    return False
 
 
 def find_code(module: types.CodeType, target: types.CodeType) -> types.CodeType | None:
