@@ -41,7 +41,7 @@ CODE_TABLES_KEPT = 8
 # Parses tried to find a piece before parsing the whole file: a piece cut where no statement
 # starts (a line at column 0 inside a string) does not parse, and a longer one is tried.
 PIECE_ATTEMPTS = 8
-STARTS_TRIED = 3
+STARTS_TRIED = 4
 
 # A line at column 0 may start a top-level statement unless it starts with one of these (or is
 # a clause of the statement before it).
@@ -228,8 +228,12 @@ class FileIndex:
                         "exec",
                         self.flags,
                     )
-                except (SyntaxError, ValueError):  # ValueError: a null byte
-                    continue
+                except SyntaxError as error:
+                    if error.lineno is not None and error.lineno < lineno:
+                        break  # wrong before the block (a start inside a string): start earlier
+                    continue  # cut inside the block or after it: end later
+                except ValueError:  # a null byte
+                    return None
                 piece = Piece(self.filename, self.flags, lines, (first, end - 1), tree)
                 if piece.with_at(lineno) is not None:
                     return piece
