@@ -49,8 +49,11 @@ NOT_A_START = frozenset(" \t\f\r\n#)]}\\")
 CLAUSE = re.compile(r"(?:else|elif|except|finally)\b")
 DEFINITION = re.compile(r"(?:async\s+def|def|class)\b")
 # A statement after the piece, so that it compiles as it does when code follows it (a with
-# statement: 3.11+ jumps over its exit handling, 3.10 inlines that handling). Never run.
-FOLLOWING = "__afar_following__ = 0\n"
+# statement: 3.11+ jumps over its exit handling, 3.10 inlines that handling). Never run. Eight
+# names long: CPython copies code that ends the module into the exits of what precedes it when
+# it is at most 4 instructions (MAX_COPY_SIZE), which code that follows in a file seldom is;
+# the statement compiled alone stands for the rare case (see ``_candidates``).
+FOLLOWING = "__afar_following__ = (" + ", ".join(["__afar_following__"] * 8) + ")\n"
 
 SCOPE_NODES = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 # One operation the source check counts, and the code object it makes (a function), if any.

@@ -79,11 +79,14 @@ def bound_by(body: str) -> set[str]:
     return bound_names(site_from_source(with_block(body)).body)
 
 
-def exec_registered(source: str, namespace: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run module ``source`` whose text is registered in linecache; return its namespace."""
+def exec_registered(
+    source: str, namespace: dict[str, Any] | None = None, registered: str | None = None
+) -> dict[str, Any]:
+    """Run module ``source`` whose text (or ``registered`` instead) is registered in linecache;
+    return its namespace."""
     source = textwrap.dedent(source)
     filename = fake_filename()
-    register(source, filename)
+    register(source if registered is None else registered, filename)
     code = compile(source, filename, "exec", dont_inherit=True)
     scope: dict[str, Any] = {"__name__": "afar_unit_exec", "afar": afar}
     scope.update(namespace or {})
