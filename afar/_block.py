@@ -118,12 +118,6 @@ class Block:
         return found
 
 
-def _unpadded(text: str) -> tuple[str, int]:
-    """``text`` without its leading blank lines, and the line number it then starts at."""
-    kept = text.lstrip("\n")
-    return kept, 1 + len(text) - len(kept)
-
-
 def _is_bare_super(node: ast.AST) -> bool:
     """``super()``: the zero-argument form, which needs the class cell and the instance."""
     return (
@@ -164,10 +158,7 @@ def block_for_source(source: str, filename: str) -> Block:
         future_features=(),
     )
     wrapped = wrap(site, module_level=True, cell=True)  # a cell runs at module level
-    text, text_lineno = _unpadded(wrapped.text)
-    block = Block(
-        site=site, analysis=wrapped.analysis, text=text, text_lineno=text_lineno, wrapped=False
-    )
+    block = Block(site=site, analysis=wrapped.analysis, text=wrapped.text, wrapped=False)
     with _blocks_lock:
         _cells[(filename, source)] = block
         while len(_cells) > BLOCK_CACHE_SIZE:
@@ -193,8 +184,9 @@ def block_for(frame: types.FrameType) -> Block:
     site = site_for(frame)
     # Module level: a script, a notebook cell.
     wrapped = wrap(site, module_level=frame.f_locals is frame.f_globals)
-    text, text_lineno = _unpadded(wrapped.text)
-    block = Block(site=site, analysis=wrapped.analysis, text=text, text_lineno=text_lineno)
+    block = Block(
+        site=site, analysis=wrapped.analysis, text=wrapped.text, text_lineno=wrapped.lineno
+    )
     with _blocks_lock:
         _blocks[location] = block
         while len(_blocks) > BLOCK_CACHE_SIZE:

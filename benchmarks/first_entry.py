@@ -1,10 +1,12 @@
 """What the first entry of a block costs, and whether it grows with the rest of its file.
 
-The benchmark writes scripts to a temporary folder and runs each in a fresh subprocess against
-one LocalCluster it starts (2 workers x 1 thread), with ``afar.get, remotely``: what is measured
-is what a user waits for, the client's capture and analysis of the block plus its round trip and
-the worker's compilation. Each script first runs a block from another file (a warm-up: imports,
-afar's worker plugin), then times every block of its own, each entered once (a first entry).
+The benchmark writes scripts to a temporary folder and runs each in a fresh subprocess, twice:
+with ``afar.get, remotely`` against one LocalCluster it starts (2 workers x 1 thread), what a
+user waits for (the client's capture and analysis of the block, its round trip, the worker's
+compilation); and with ``afar.get, locally``, the client's own cost without the round trip (the
+same capture and analysis, the block compiled and run in the process). Each script first runs a
+block from another file (a warm-up: imports, afar's worker plugin), then times every block of
+its own, each entered once (a first entry).
 
 - File size: the same trivial blocks after 20 lines and after 5,000 and 20,000 lines of other
   code, at module level and each in a function of its own; ratio to the 20-line file.
@@ -44,31 +46,42 @@ WARM_MODULE = """\
 import afar
 
 
-def warm():
+def warm_remotely():
     with afar.get, remotely:
+        warmed = 1
+    return warmed
+
+
+def warm_locally():
+    with afar.get, locally:
         warmed = 1
     return warmed
 """
 
+# argv: the scheduler's address (or "locally": no cluster), the folder of the warm-up module.
 HEADER = """\
 import json
 import sys
 import time
 
 import afar
-from distributed import Client
 
-client = Client(sys.argv[1])
 sys.path.insert(0, sys.argv[2])
 import afar_bench_warm
 
-afar_bench_warm.warm()
+if sys.argv[1] != "locally":
+    from distributed import Client
+
+    client = Client(sys.argv[1])
+    afar_bench_warm.warm_remotely()
+afar_bench_warm.warm_locally()
 times = []
 """
 
 FOOTER = """\
 print(json.dumps(times))
-client.close()
+if "client" in globals():
+    client.close()
 """
 
 
@@ -102,10 +115,10 @@ def filler(count: int) -> str:
     return units + "# more of it\n" * (count % size)
 
 
-def module_blocks(count: int) -> str:
+def module_blocks(count: int, location: str) -> str:
     return "".join(
         f"start = time.perf_counter()\n"
-        f"with afar.get, remotely:\n"
+        f"with afar.get, {location}:\n"
         f"    y_{j} = {j} + 1\n"
         f"times.append(time.perf_counter() - start)\n"
         f"assert y_{j} == {j + 1}\n"
@@ -113,11 +126,11 @@ def module_blocks(count: int) -> str:
     )
 
 
-def function_blocks(count: int) -> str:
+def function_blocks(count: int, location: str) -> str:
     functions = "".join(
         f"def block_{j}():\n"
         f"    start = time.perf_counter()\n"
-        f"    with afar.get, remotely:\n"
+        f"    with afar.get, {location}:\n"
         f"        y = {j} + 1\n"
         f"    times.append(time.perf_counter() - start)\n"
         f"    assert y == {j + 1}\n"
@@ -127,9 +140,9 @@ def function_blocks(count: int) -> str:
     return functions + "".join(f"block_{j}()\n" for j in range(count))
 
 
-def many_blocks(count: int) -> str:
+def many_blocks(count: int, location: str) -> str:
     """``count`` blocks of two lines each, back to back, timed together."""
-    blocks = "".join(f"with afar.get, remotely:\n    y_{j} = {j} + 1\n" for j in range(count))
+    blocks = "".join(f"with afar.get, {location}:\n    y_{j} = {j} + 1\n" for j in range(count))
     return f"start = time.perf_counter()\n{blocks}times.append(time.perf_counter() - start)\n"
 
 
@@ -150,11 +163,12 @@ def memory_script(lines: int, blocks: int) -> str:
     )
 
 
-def run_script(folder: Path, name: str, text: str, address: str) -> list[float]:
+def run_script(folder: Path, name: str, text: str, target: str) -> list[float]:
+    """Run a script in a fresh interpreter; ``target``: the scheduler's address, or "locally"."""
     path = folder / name
     path.write_text(text)
     done = subprocess.run(
-        [sys.executable, str(path), address, str(folder)],
+        [sys.executable, str(path), target, str(folder)],
         capture_output=True,
         text=True,
         timeout=SCRIPT_TIMEOUT,
@@ -208,35 +222,35 @@ def main() -> None:
         folder = Path(temporary)
         (folder / "afar_bench_warm.py").write_text(WARM_MODULE)
         address = cluster.scheduler_address
-        print(f"Python {sys.version.split()[0]}, afar.get, remotely; {repeats} run(s) per script")
-        print(f"First entry of {blocks} trivial blocks after N other lines (ms per block):")
-        for where, make in (("module level", module_blocks), ("in functions", function_blocks)):
-            base = None
-            for size in sizes:
-                text = HEADER + filler(size) + make(blocks) + FOOTER
-                runs = [
-                    run_script(folder, f"file_{size}.py", text, address) for _ in range(repeats)
-                ]
-                per_block = median_of(runs)
-                base = base or per_block
-                print(
-                    f"  {where:<13} {size:>6} lines: {per_block * 1e3:8.1f} ms"
-                    f"   ratio to {sizes[0]} lines {per_block / base:5.2f}x"
-                )
-        one_text = HEADER + many_blocks(1) + FOOTER
-        one = median_of(
-            [run_script(folder, "one.py", one_text, address) for _ in range(max(repeats, 3))]
-        )
-        total = median_of(
-            [
-                run_script(folder, "many.py", HEADER + many_blocks(many) + FOOTER, address)
-                for _ in range(repeats)
-            ]
-        )
-        print(
-            f"{many} blocks in one {2 * many}-line script: {total:.2f} s, {total / many * 1e3:.1f}"
-            f" ms per block; one block alone {one * 1e3:.1f} ms; ratio {total / many / one:.2f}x"
-        )
+        print(f"Python {sys.version.split()[0]}; {repeats} run(s) per script, median")
+        for location, target in (("remotely", address), ("locally", "locally")):
+            print(f"afar.get, {location}: first entry of {blocks} trivial blocks (ms per block)")
+            for where, make in (("module level", module_blocks), ("in functions", function_blocks)):
+                base = None
+                for size in sizes:
+                    text = HEADER + filler(size) + make(blocks, location) + FOOTER
+                    runs = [
+                        run_script(folder, f"file_{size}.py", text, target) for _ in range(repeats)
+                    ]
+                    per_block = median_of(runs)
+                    base = base or per_block
+                    print(
+                        f"  {where:<13} after {size:>6} lines: {per_block * 1e3:8.2f} ms"
+                        f"   ratio to {sizes[0]} lines {per_block / base:5.2f}x"
+                    )
+            one_text = HEADER + many_blocks(1, location) + FOOTER
+            one = median_of(
+                [run_script(folder, "one.py", one_text, target) for _ in range(max(repeats, 3))]
+            )
+            many_text = HEADER + many_blocks(many, location) + FOOTER
+            total = median_of(
+                [run_script(folder, "many.py", many_text, target) for _ in range(repeats)]
+            )
+            print(
+                f"  {many} blocks in one {2 * many}-line script: {total:.2f} s, "
+                f"{total / many * 1e3:.2f} ms per block; one block alone {one * 1e3:.2f} ms; "
+                f"ratio {total / many / one:.2f}x"
+            )
         for size in memory_sizes:
             per_block = run_script(folder, f"memory_{size}.py", memory_script(size, 50), address)
             print(f"Client memory per cached block, {size}-line file: {per_block / 1e3:.1f} KB")

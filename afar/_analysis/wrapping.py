@@ -26,6 +26,9 @@ class Wrapped:
     analysis: Analysis
     text: str
     wrapped: bool  # ``text`` is ``def`` + body (a with block), or the bare body (a cell)
+    # The line number of the text's first line: the lines before it are not written out (a
+    # block deep in a long file would carry a blank line per line before it, issue 19).
+    lineno: int = 1
 
 
 def wrap(site: Site, *, module_level: bool, cell: bool = False) -> Wrapped:
@@ -34,29 +37,37 @@ def wrap(site: Site, *, module_level: bool, cell: bool = False) -> Wrapped:
         source = "".join(site.lines)
         indented = "".join("    " + line if line.strip() else line for line in site.lines)
         analysis = analyse(site, f"def {WRAPPER_NAME}():\n{indented}\n", line_offset=-1)
-        text = source
+        text, lineno = source, 1
     else:
-        text = wrapped_text(site)
-        analysis = analyse(site, text)
+        text, lineno = function_text(site)
+        analysis = analyse(site, text, line_offset=lineno - 1)
     if module_level:
-        text = share_module_globals(site, text, analysis.assigned)
-    return Wrapped(analysis=analysis, text=text, wrapped=not cell)
+        text = share_module_globals(site, text, analysis.assigned, lineno)
+    return Wrapped(analysis=analysis, text=text, wrapped=not cell, lineno=lineno)
+
+
+def function_text(site: Site) -> tuple[str, int]:
+    """The body as the body of ``def``, and the line number of the ``def``: the line above the
+    body's first, so that every line of the body stands at its number from there."""
+    start = site.body_first_line
+    body = "".join(site.lines_between(start, site.body_last_line))
+    return f"def {WRAPPER_NAME}():\n" + body, start - 1
 
 
 def wrapped_text(site: Site) -> str:
     """The body as the body of ``def``, every line at its original number."""
-    start = site.body_first_line
-    head = "\n" * (start - 2) + f"def {WRAPPER_NAME}():\n"
-    return head + "".join(site.lines_between(start, site.body_last_line))
+    text, lineno = function_text(site)
+    return "\n" * (lineno - 1) + text
 
 
-def share_module_globals(site: Site, text: str, assigned: frozenset[str]) -> str:
+def share_module_globals(site: Site, text: str, assigned: frozenset[str], lineno: int = 1) -> str:
     """``text`` where nested functions' ``global n`` becomes ``nonlocal n`` if the block assigns n.
 
     For a block at module level only: there, the block's own ``count = 0`` and a nested
     function's ``global count`` are one variable, the module's. In the block's function they
     would be two (issue 2: the block behaves as if it ran in place); ``nonlocal`` makes them
-    one again, and the saved value comes back as any other. Lines keep their numbers.
+    one again, and the saved value comes back as any other. Lines keep their numbers (the
+    first line of ``text`` is line ``lineno``).
     """
     lines = text.splitlines(keepends=True)
     for declaration, names in _shared_globals(site.body, assigned, frozenset()):
@@ -67,9 +78,10 @@ def share_module_globals(site: Site, text: str, assigned: frozenset[str]) -> str
         statement = f"nonlocal {', '.join(shared)}" + (
             f"; global {', '.join(kept)}" if kept else ""
         )
-        line = lines[declaration.lineno - 1].encode()
+        index = declaration.lineno - lineno
+        line = lines[index].encode()
         start, end = declaration.col_offset, declaration.end_col_offset
-        lines[declaration.lineno - 1] = (line[:start] + statement.encode() + line[end:]).decode()
+        lines[index] = (line[:start] + statement.encode() + line[end:]).decode()
     return "".join(lines)
 
 

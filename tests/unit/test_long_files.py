@@ -17,8 +17,8 @@ import pytest
 from unit_helpers import blocks_of, exec_registered, fake_filename, register
 
 import afar
-from afar._analysis.index import index_for, with_statements
-from afar._analysis.source import parsed
+from afar._analysis.index import class_of, index_for, with_statements
+from afar._analysis.source import parsed, with_at_line
 
 FILLER_UNIT = '''\
 def helper_{i}(values, scale=2):
@@ -55,24 +55,32 @@ def header_lines(source: str) -> list[int]:
 
 
 def assert_pieces_agree(source: str) -> tuple[int, int]:
-    """At each with statement's header line, the piece found from that line alone holds the
-    statement the whole file's parse finds there, in the same class; (found, not found)."""
+    """At each with statement's header line, the piece found from that line alone (and the one
+    the whole file's index gives) holds the statement ``ast.parse`` of the whole source finds
+    there, at the same positions, in the same class; (found, not found)."""
+    tree = ast.parse(source)
+    context = {id(node): class_of(scopes) for node, scopes in with_statements(tree.body)}
     index = index_of(source)
     found = missed = 0
     for line in header_lines(source):
-        expected = index.whole().piece_holding(line).with_at(line)  # type: ignore[union-attr]
+        node = with_at_line(tree, line)
+        assert node is not None
+        expected = (ast.dump(node, include_attributes=True), *context[id(node)])
+        whole = index.whole().piece_holding(line)
+        assert whole is not None and _described(whole.with_at(line)) == expected, line
         piece = index.piece_at(line)
         if piece is None:
             missed += 1
             continue
-        got = piece.with_at(line)
-        assert got is not None, line
-        assert ast.dump(got[0], include_attributes=True) == ast.dump(
-            expected[0], include_attributes=True
-        ), line
-        assert got[1:] == expected[1:], line
+        assert _described(piece.with_at(line)) == expected, line
         found += 1
     return found, missed
+
+
+def _described(found) -> tuple[object, ...]:
+    assert found is not None
+    node, class_name, instance = found
+    return ast.dump(node, include_attributes=True), class_name, instance
 
 
 # Layouts where a line at column 0 does not start a statement, or a statement does not start at
@@ -107,6 +115,8 @@ LAYOUTS = {
     "nested": "with open('a'):\n    with open('b'):\n        with open('c'):\n            pass\n",
     "match": "match x:\n    case 1:\n        with open('x'):\n            pass\n",
     "async": "async def f():\n    async with x:\n        pass\n    with y:\n        pass\n",
+    # Far from the file's start for its size: parsed alone, then renumbered (PADDING_PER_LINE).
+    "deep-in-a-file": "x = 1\n" * 1200 + "with open('x'):\n    pass\nclass A:\n    with y: pass\n",
 }
 
 
