@@ -167,20 +167,24 @@ def block_for_source(source: str, filename: str) -> Block:
 
 
 _cells: OrderedDict[tuple[str, str], Block] = OrderedDict()
-_blocks: OrderedDict[tuple[str, types.CodeType, int], Block] = OrderedDict()
+# Keyed by the code object's id, not the code object: hashing one hashes all the code in it
+# (half a millisecond for a 20,000-line script's module, at every entry of its blocks), and two
+# files can hold equal code objects (their equality leaves co_filename out). The entry keeps
+# its code alive, so no other code object has its id meanwhile; a hit checks that it is the
+# same object.
+_blocks: OrderedDict[tuple[int, int], tuple[types.CodeType, Block]] = OrderedDict()
 _blocks_lock = threading.Lock()
 
 
 def block_for(frame: types.FrameType) -> Block:
     """The block the caller is entering, analysed on first use of its code location."""
-    # Code objects compare equal across files (co_filename is not part of their equality): the
-    # same function in two modules, or the same text in two notebook cells, is two blocks.
-    location = (frame.f_code.co_filename, frame.f_code, frame.f_lasti)
+    code = frame.f_code
+    location = (id(code), frame.f_lasti)
     with _blocks_lock:
-        block = _blocks.get(location)
-        if block is not None:
+        found = _blocks.get(location)
+        if found is not None and found[0] is code:
             _blocks.move_to_end(location)
-            return block
+            return found[1]
     site = site_for(frame)
     # Module level: a script, a notebook cell.
     wrapped = wrap(site, module_level=frame.f_locals is frame.f_globals)
@@ -188,7 +192,8 @@ def block_for(frame: types.FrameType) -> Block:
         site=site, analysis=wrapped.analysis, text=wrapped.text, text_lineno=wrapped.lineno
     )
     with _blocks_lock:
-        _blocks[location] = block
+        _blocks[location] = (code, block)
+        _blocks.move_to_end(location)
         while len(_blocks) > BLOCK_CACHE_SIZE:
             _blocks.popitem(last=False)
     return block

@@ -33,6 +33,8 @@ CACHE_LIMIT = 256
 # Files whose block lines afar keeps in a worker's linecache, the least recently run dropped.
 SOURCES_ATTRIBUTE = "_afar_registered_sources_v1"
 SOURCES_LIMIT = 128
+# As afar._analysis.index.PADDING_PER_LINE (this module imports nothing of afar's).
+PADDING_PER_LINE = 500
 # The name of a block's function, as tracebacks show it: "<afar block script.py:12>".
 BLOCK_FUNCTION_PREFIX = "<afar block "
 
@@ -94,9 +96,7 @@ def block_and_code(packed: bytes) -> tuple[BlockCode, types.CodeType]:
 
 def compile_block(block: BlockCode) -> types.CodeType:
     """Turn the body into ``def <block>(*, seeds): body; return locals()``, keeping its lines."""
-    # Blank lines before the text put it at its line numbers (the tokenizer skips them fast).
-    text = "\n" * (block.text_lineno - 1) + block.text
-    tree = ast.parse(text, block.filename, "exec", type_comments=False)
+    tree = _parse_at(block.text, block.text_lineno, block.filename)
     if block.wrapped:
         function = tree.body[0]
     else:
@@ -144,6 +144,15 @@ def compile_block(block: BlockCode) -> types.CodeType:
     if found is None:
         raise TypeError(f"afar: the block at {block.label} did not compile to a function")
     return found
+
+
+def _parse_at(text: str, lineno: int, filename: str) -> ast.Module:
+    """``text`` parsed as a source whose first line is line ``lineno``: blank lines before it
+    for a text near its file's start, its nodes renumbered for one deep in it (the tokenizer
+    skips about PADDING_PER_LINE blank lines in the time a line of code's nodes take)."""
+    if lineno - 1 <= PADDING_PER_LINE * (text.count("\n") + 1):
+        return ast.parse("\n" * (lineno - 1) + text, filename, "exec", type_comments=False)
+    return ast.increment_lineno(ast.parse(text, filename, "exec", type_comments=False), lineno - 1)
 
 
 def _code_named(code: types.CodeType, name: str) -> types.CodeType | None:

@@ -135,5 +135,5 @@ def blocks_of(code: types.CodeType) -> list[Any]:
     """
     from afar import _block
 
-    found = [b for key, b in _block._blocks.items() if any(part is code for part in key)]
+    found = [block for held, block in _block._blocks.values() if held is code]
     return sorted(found, key=lambda block: block.site.node.lineno)
