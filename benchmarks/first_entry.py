@@ -16,7 +16,8 @@ its own, each entered once (a first entry).
   cluster: ``later``, which captures and analyses the block and runs nothing).
 - Workers' ``linecache``: entries a worker gains from blocks of 500 files (notebook cells).
 
-Ratios are of medians over ``--repeats`` subprocesses (each a fresh interpreter), in one run.
+Ratios are of medians over ``--repeats`` subprocesses (each a fresh interpreter), in one run,
+the file sizes interleaved; the first block of a file apart from the others is shown too.
 
     python benchmarks/first_entry.py           # full run
     python benchmarks/first_entry.py --quick   # smaller files, fewer blocks: checks that it runs
@@ -226,26 +227,33 @@ def main() -> None:
         for location, target in (("remotely", address), ("locally", "locally")):
             print(f"afar.get, {location}: first entry of {blocks} trivial blocks (ms per block)")
             for where, make in (("module level", module_blocks), ("in functions", function_blocks)):
-                base = None
+                texts = {
+                    size: HEADER + filler(size) + make(blocks, location) + FOOTER for size in sizes
+                }
+                runs: dict[int, list[list[float]]] = {size: [] for size in sizes}
+                for _ in range(repeats):  # sizes interleaved: drift of a shared machine hits all
+                    for size in sizes:
+                        runs[size].append(
+                            run_script(folder, f"file_{size}.py", texts[size], target)
+                        )
+                base = median_of(runs[sizes[0]])
                 for size in sizes:
-                    text = HEADER + filler(size) + make(blocks, location) + FOOTER
-                    runs = [
-                        run_script(folder, f"file_{size}.py", text, target) for _ in range(repeats)
-                    ]
-                    per_block = median_of(runs)
-                    base = base or per_block
+                    per_block = median_of(runs[size])
+                    first = statistics.median(times[0] for times in runs[size])
+                    rest = statistics.median(t for times in runs[size] for t in times[1:])
                     print(
                         f"  {where:<13} after {size:>6} lines: {per_block * 1e3:8.2f} ms"
                         f"   ratio to {sizes[0]} lines {per_block / base:5.2f}x"
+                        f"   (first block {first * 1e3:.2f} ms, others {rest * 1e3:.2f} ms)"
                     )
             one_text = HEADER + many_blocks(1, location) + FOOTER
-            one = median_of(
-                [run_script(folder, "one.py", one_text, target) for _ in range(max(repeats, 3))]
-            )
             many_text = HEADER + many_blocks(many, location) + FOOTER
-            total = median_of(
-                [run_script(folder, "many.py", many_text, target) for _ in range(repeats)]
-            )
+            one_runs, many_runs = [], []
+            for index in range(max(repeats, 3)):  # interleaved; one block alone at least 3 times
+                one_runs.append(run_script(folder, "one.py", one_text, target))
+                if index < repeats:
+                    many_runs.append(run_script(folder, "many.py", many_text, target))
+            one, total = median_of(one_runs), median_of(many_runs)
             print(
                 f"  {many} blocks in one {2 * many}-line script: {total:.2f} s, "
                 f"{total / many * 1e3:.2f} ms per block; one block alone {one * 1e3:.2f} ms; "
