@@ -771,6 +771,17 @@ def test_tabs_and_unicode_in_the_body(load_module):
     assert module.result() == (3.14, "café")
 
 
+@pytest.mark.parametrize("separator", ["\x0c", "\x1c", "\x85", "\u2028"])
+def test_a_line_separator_inside_a_string_before_the_block(load_module, separator):
+    """str.splitlines() breaks lines there, Python's tokenizer does not: afar numbers lines as
+    linecache and the parser do (it used to shift every line after one)."""
+    module = load_module(
+        f'import afar\ns = "a{separator}b"\ndef result():\n    with afar.run, locally:\n'
+        "        y = 1\n    return y\n"
+    )
+    assert module.result() == 1
+
+
 def test_latin_1_source_file(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
     path = tmp_path / "latin.py"
