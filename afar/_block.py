@@ -32,7 +32,10 @@ class Block:
 
     site: Site
     analysis: Analysis
+    # The text that travels, from its line ``text_lineno`` on: the blank lines that put it at
+    # its line numbers are one number, not one byte per line of the file before it (issue 19).
     text: str
+    text_lineno: int = 1
     wrapped: bool = True
     # Module level (a script, a notebook cell): the body runs as module code (see BlockCode).
     module_level: bool = False
@@ -101,8 +104,7 @@ class Block:
     @property
     def source(self) -> str:
         """The body's source, as written."""
-        first, last = self.site.body_first_line, self.site.body_last_line
-        return "".join(self.site.lines[first - 1 : last])
+        return "".join(self.site.lines_between(self.site.body_first_line, self.site.body_last_line))
 
     def packed(
         self,
@@ -126,8 +128,9 @@ class Block:
             code = BlockCode(
                 filename=site.filename,
                 text=self.text,
+                text_lineno=self.text_lineno,
                 wrapped=self.wrapped,
-                shown_lines=site.lines[first - 1 : site.body_last_line],
+                shown_lines=site.lines_between(first, site.body_last_line),
                 first_shown_line=first,
                 seeds=seeds,
                 saved=saved,
@@ -179,6 +182,7 @@ def block_for_source(source: str, filename: str) -> Block:
     site = Site(
         filename=filename,
         lines=lines,
+        lines_from=1,
         node=node,
         body_first_line=first_line(tree.body[0]),
         body_last_line=last.end_lineno or last.lineno,
@@ -200,20 +204,24 @@ def block_for_source(source: str, filename: str) -> Block:
 
 
 _cells: OrderedDict[tuple[str, str], Block] = OrderedDict()
-_blocks: OrderedDict[tuple[str, types.CodeType, int], Block] = OrderedDict()
+# Keyed by the code object's id, not the code object: hashing one hashes all the code in it
+# (half a millisecond for a 20,000-line script's module, at every entry of its blocks), and two
+# files can hold equal code objects (their equality leaves co_filename out). The entry keeps
+# its code alive, so no other code object has its id meanwhile; a hit checks that it is the
+# same object.
+_blocks: OrderedDict[tuple[int, int], tuple[types.CodeType, Block]] = OrderedDict()
 _blocks_lock = threading.Lock()
 
 
 def block_for(frame: types.FrameType) -> Block:
     """The block the caller is entering, analysed on first use of its code location."""
-    # Code objects compare equal across files (co_filename is not part of their equality): the
-    # same function in two modules, or the same text in two notebook cells, is two blocks.
-    location = (frame.f_code.co_filename, frame.f_code, frame.f_lasti)
+    code = frame.f_code
+    location = (id(code), frame.f_lasti)
     with _blocks_lock:
-        block = _blocks.get(location)
-        if block is not None:
+        found = _blocks.get(location)
+        if found is not None and found[0] is code:
             _blocks.move_to_end(location)
-            return block
+            return found[1]
     site = site_for(frame)
     # Module level: a script, a notebook cell.
     module_level = frame.f_locals is frame.f_globals
@@ -222,11 +230,13 @@ def block_for(frame: types.FrameType) -> Block:
         site=site,
         analysis=wrapped.analysis,
         text=wrapped.text,
+        text_lineno=wrapped.lineno,
         module_level=module_level,
         module_name=str(frame.f_globals.get("__name__", "__main__")),
     )
     with _blocks_lock:
-        _blocks[location] = block
+        _blocks[location] = (code, block)
+        _blocks.move_to_end(location)
         while len(_blocks) > BLOCK_CACHE_SIZE:
             _blocks.popitem(last=False)
     return block

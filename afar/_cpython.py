@@ -182,7 +182,12 @@ IGNORED_OPNAMES = frozenset(
 # bound here? may the reference be borrowed?) and 3.13+ fuses neighbours into superinstructions:
 # the same lines compile to other ones when code elsewhere in the function differs (pytest's
 # assertion rewriting). They are compared as the plain loads and stores of each local.
-FAST_VARIANTS = {
+# Python 3.11 loads the function of ``m.f()`` with LOAD_ATTR, not LOAD_METHOD, when the module
+# imports ``m`` at its top level (bpo-44313, ``is_import_originated``): the same line compiles to
+# the other one when the statement holding it is compiled apart from the file's imports, as afar
+# does (issue 19). It is compared as LOAD_ATTR (3.12 made both one LOAD_ATTR).
+VARIANTS = {
+    "LOAD_METHOD": ("LOAD_ATTR",),
     "LOAD_FAST_CHECK": ("LOAD_FAST",),
     "LOAD_FAST_BORROW": ("LOAD_FAST",),
     "LOAD_FAST_LOAD_FAST": ("LOAD_FAST", "LOAD_FAST"),
@@ -311,7 +316,6 @@ COMPARED_OPNAMES = frozenset(
         "LOAD_FROM_DICT_OR_GLOBALS",
         "LOAD_GLOBAL",
         "LOAD_LOCALS",
-        "LOAD_METHOD",
         "LOAD_NAME",
         "LOAD_SMALL_INT",
         "LOAD_SPECIAL",
@@ -390,7 +394,7 @@ def opcode_role(opname: str) -> str | None:
     for an opcode afar has never seen (a newer CPython)."""
     if opname in IGNORED_OPNAMES:
         return "ignored"
-    if opname in FAST_VARIANTS:
+    if opname in VARIANTS:
         return "variant"
     if opname in COMPARED_OPNAMES:
         return "compared"

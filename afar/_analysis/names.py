@@ -350,6 +350,6 @@ def has_final_expression(site: Site) -> bool:
     last = site.body[-1]
     if not isinstance(last, ast.Expr) or last.end_lineno is None:
         return False
-    line = site.lines[last.end_lineno - 1].encode()
+    line = site.line(last.end_lineno).encode()
     rest = line[last.end_col_offset :].decode(errors="replace").strip()
     return not rest.startswith(";")

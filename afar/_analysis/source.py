@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import ast
-import dis
 import linecache
-import sys
 import types
-from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property
 
 from afar import _cpython, _ipython
+from afar._analysis.index import (
+    FileIndex,
+    Piece,
+    code_table,
+    first_line,
+    index_for,
+    signature,
+    with_statements,
+)
 from afar.errors import BlockSyntaxError, SourceError
 
 # IPython runs ``%%time`` cells under these file names, without registering them in linecache.
@@ -19,7 +26,6 @@ IPYTHON_TIME_FILENAMES = frozenset({"<timed exec>", "<timed eval>"})
 # ``%%timeit`` wraps the cell in a function of its own: the running code cannot be compared with
 # the cell's source, which comes from IPython's input history instead.
 IPYTHON_TIMEIT_FILENAMES = frozenset({"<magic-timeit>"})
-PARSE_CACHE_SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,10 @@ class Site:
     """One ``with afar...`` statement in the source: what every later stage starts from."""
 
     filename: str
-    lines: tuple[str, ...]  # the whole source, one string per line, with line endings
+    # The statement's own lines, from line ``lines_from`` (its first) to the end of its body,
+    # with line endings: a block keeps these, not its whole file (issue 19).
+    lines: tuple[str, ...]
+    lines_from: int
     node: ast.With | ast.AsyncWith
     body_first_line: int  # first line of the body, decorators included
     body_last_line: int
@@ -58,6 +67,14 @@ class Site:
     def where(self, lineno: int | None = None) -> str:
         return f'File "{self.filename}", line {lineno or self.node.lineno}'
 
+    def line(self, lineno: int) -> str:
+        """Line ``lineno`` of the file (one of the statement's own)."""
+        return self.lines[lineno - self.lines_from]
+
+    def lines_between(self, first: int, last: int) -> tuple[str, ...]:
+        """Lines ``first`` to ``last`` of the file (the statement's own), with line endings."""
+        return self.lines[first - self.lines_from : last - self.lines_from + 1]
+
 
 def ipython_cell_name(filename: str) -> str | None:
     """``In[6]`` for the file name IPython compiled cell 6 under, else None."""
@@ -77,47 +94,82 @@ def short_filename(filename: str) -> str:
 
 
 def site_for(frame: types.FrameType) -> Site:
-    """The afar ``with`` statement that ``frame`` is entering; raise if it cannot be trusted."""
+    """The afar ``with`` statement that ``frame`` is entering; raise if it cannot be trusted.
+
+    The statement is looked for in the top-level statement around the frame's line, parsed
+    alone, and trusted once the running code is shown to be its code (its cost is the block's,
+    not the file's: issue 19). Otherwise the whole file is parsed, which decides and says what
+    is wrong.
+    """
     filename = frame.f_code.co_filename
-    text = source_text(frame)
     features = _cpython.future_features(frame.f_code)
-    tree, text = parsed(filename, text, _cpython.future_flags(features))
-    node = with_at_line(tree, frame.f_lineno)
-    if node is None:
+    index = file_index(frame, _cpython.future_flags(features))
+    if filename not in IPYTHON_TIMEIT_FILENAMES:  # a %%timeit cell has no running code to match
+        found = index.piece_at(frame.f_lineno)
+        site = _site(frame, found, features) if found is not None else None
+        if (
+            found is not None
+            and site is not None
+            and running_code_matches(frame, site, _candidates(frame, found, site))
+        ):
+            check_body_not_on_header(site)
+            return site
+    whole = index.whole()
+    piece = whole.piece_holding(frame.f_lineno)
+    site = _site(frame, piece, features) if piece is not None else None
+    if piece is None or site is None:
         raise SourceError(
             f'{filename}, line {frame.f_lineno}: the source afar found there holds no "with" '
             "statement. The file was probably changed after it was imported: restart the "
             "process (or re-run the cell) so that the running code matches its source."
         )
-    lines = tuple(text.splitlines(keepends=True))
-    first = first_line(node.body[0])
-    around = enclosing_scopes(tree, node)
-    class_name, instance = enclosing_class(around)
-    site = Site(
-        filename=filename,
-        lines=lines,
-        node=node,
-        body_first_line=first,
-        body_last_line=node.body[-1].end_lineno or node.body[-1].lineno,
-        future_features=features,
-        class_name=class_name,
-        instance=instance,
-        scopes=tuple(
-            ("class" if isinstance(scope, ast.ClassDef) else "def", scope.name) for scope in around
-        ),
-    )
     check_body_not_on_header(site)
-    if filename not in IPYTHON_TIMEIT_FILENAMES:
-        check_running_code(frame, text, site)
+    if filename in IPYTHON_TIMEIT_FILENAMES:
+        return site
+    if running_code_matches(frame, site, _candidates(frame, piece, site)):
+        return site
+    module = whole.module_code()
+    if module is None:
+        # The source parsed as a tree but does not compile on its own (an IPython cell with
+        # top-level await, for instance): nothing to compare with.
+        return site
+    if not running_code_matches(frame, site, iter([module])):
+        raise SourceError(
+            f"{site.filename}, line {site.node.lineno}: the source of this block is not the "
+            "code that is running (the file was edited after it was imported, or exec() ran "
+            "other text under this file name). afar does not run code it cannot see: restart "
+            "the process or re-import the module so that the source matches."
+        )
     return site
 
 
-def source_text(frame: types.FrameType) -> str:
+def _site(frame: types.FrameType, piece: Piece, features: tuple[str, ...]) -> Site | None:
+    found = piece.with_at(frame.f_lineno)
+    if found is None:
+        return None
+    node, class_name, instance, scopes = found
+    last = node.body[-1].end_lineno or node.body[-1].lineno
+    return Site(
+        filename=frame.f_code.co_filename,
+        lines=piece.lines[node.lineno - 1 : last],
+        lines_from=node.lineno,
+        node=node,
+        body_first_line=first_line(node.body[0]),
+        body_last_line=last,
+        future_features=features,
+        class_name=class_name,
+        instance=instance,
+        scopes=scopes,
+    )
+
+
+def file_index(frame: types.FrameType, flags: int) -> FileIndex:
+    """The index of the source of the code ``frame`` runs (see ``afar._analysis.index``)."""
     filename = frame.f_code.co_filename
     if filename in IPYTHON_TIME_FILENAMES or filename in IPYTHON_TIMEIT_FILENAMES:
         text = ipython_magic_cell()
         if text is not None:
-            return text
+            return index_for(filename, flags, text=text, parse=parsed)
         if filename in IPYTHON_TIME_FILENAMES:  # not a %%time cell: the %time line magic
             raise SourceError(
                 "afar needs the source of the block, but IPython's %time line magic keeps "
@@ -141,7 +193,7 @@ def source_text(frame: types.FrameType) -> str:
             "the string in linecache (linecache.cache[filename] = (len(text), None, "
             "text.splitlines(True), filename)) and compile it with that file name."
         )
-    return "".join(lines)
+    return index_for(filename, flags, lines=lines, parse=parsed)
 
 
 def ipython_magic_cell() -> str | None:
@@ -184,14 +236,8 @@ def parsed(filename: str, text: str, flags: int) -> tuple[ast.Module, str]:
         return _parse(transformed, filename, flags), transformed
 
 
-@lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _parse(text: str, filename: str, flags: int) -> ast.Module:
     return _cpython.parse(text, filename, "exec", flags)
-
-
-@lru_cache(maxsize=PARSE_CACHE_SIZE)
-def _compiled(text: str, filename: str, flags: int) -> types.CodeType:
-    return compile(text, filename, "exec", flags=flags, dont_inherit=True)
 
 
 def _ipython_transform(text: str) -> str | None:
@@ -201,63 +247,19 @@ def _ipython_transform(text: str) -> str | None:
     return shell.transform_cell(text)
 
 
-def first_line(statement: ast.stmt) -> int:
-    decorators = getattr(statement, "decorator_list", None) or []
-    return min([statement.lineno, *(d.lineno for d in decorators)])
-
-
 def with_at_line(tree: ast.Module, lineno: int) -> ast.With | ast.AsyncWith | None:
     """The innermost ``with`` statement whose header spans ``lineno``."""
     found: ast.With | ast.AsyncWith | None = None
-    for node in ast.walk(tree):
-        if not isinstance(node, (ast.With, ast.AsyncWith)):
-            continue
+    for node, _ in with_statements(tree.body):
         header_end = max(node.lineno, first_line(node.body[0]) - 1)
         if node.lineno <= lineno <= header_end and (found is None or node.lineno > found.lineno):
             found = node
     return found
 
 
-def enclosing_scopes(
-    tree: ast.Module, target: ast.AST
-) -> list[ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef]:
-    """The classes and functions ``target`` stands in, outermost first."""
-    scopes: list[ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef] = []
-
-    def visit(node: ast.AST) -> bool:
-        if node is target:
-            return True
-        scope = isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-        if scope:
-            scopes.append(node)  # type: ignore[arg-type]
-        if any(visit(child) for child in ast.iter_child_nodes(node)):
-            return True
-        if scope:
-            scopes.pop()
-        return False
-
-    return scopes if visit(tree) else []
-
-
-def enclosing_class(
-    scopes: list[ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef],
-) -> tuple[str | None, str | None]:
-    """The innermost class of ``scopes``, and the first parameter of the innermost function if
-    that function is inside the class (a method, or a function in one)."""
-    classes = [s for s in scopes if isinstance(s, ast.ClassDef)]
-    if not classes:
-        return None, None
-    function = scopes[-1]
-    instance = None
-    if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        positional = [*function.args.posonlyargs, *function.args.args]
-        instance = positional[0].arg if positional else None
-    return classes[-1].name, instance
-
-
 def check_body_not_on_header(site: Site) -> None:
     statement = site.body[0]
-    line = site.lines[site.body_first_line - 1]
+    line = site.line(site.body_first_line)
     column = statement.col_offset if site.body_first_line == statement.lineno else None
     if column is None:
         return  # decorators stand on their own lines
@@ -272,50 +274,40 @@ def check_body_not_on_header(site: Site) -> None:
 
 
 # The running code and the source must be the same code: compile the source and compare what
-# each does on the lines of the with statement (names, constants, operations), so that an edit
-# which keeps line numbers is caught too. How each opcode is treated: afar._cpython.
+# each does on the lines of the with statement (``afar._analysis.index.signature``).
 # pytest rewrites the assert statements of test modules, whose globals then hold this name: the
 # running code of an assert line differs from its source by design, so those lines are skipped.
 PYTEST_REWRITE_MARKER = "@pytest_ar"
 
 
-def check_running_code(frame: types.FrameType, text: str, site: Site) -> None:
-    try:
-        module = _compiled(text, site.filename, site.future_flags)
-    except SyntaxError:
-        # The source parsed as a tree but does not compile on its own (an IPython cell with
-        # top-level await, for instance): nothing to compare with.
-        return
+def _candidates(
+    frame: types.FrameType, piece: Piece, site: Site
+) -> Iterator[types.CodeType | None]:
+    """Fresh code to compare with the running code, each compiled only if the one before does
+    not match: the piece with the code that follows it, as the whole file compiles it on the
+    block's lines; at module level, the top-level statement alone too, as IPython compiles a
+    cell (one top-level statement at a time)."""
+    yield piece.code()
+    if frame.f_code.co_name == "<module>":
+        yield piece.statement_alone(site.node.lineno)
+
+
+def running_code_matches(
+    frame: types.FrameType, site: Site, candidates: Iterator[types.CodeType | None]
+) -> bool:
+    """Whether one of ``candidates`` (modules compiled from the source) does on the block's
+    lines what the code ``frame`` runs does there."""
     code = frame.f_code
     first, last = site.node.lineno, site.body_last_line
     skipped = _assert_lines(site) if PYTEST_REWRITE_MARKER in frame.f_globals else frozenset()
-    candidates = [module if code.co_name == "<module>" else find_code(module, code)]
-    if code.co_name == "<module>":
-        # IPython compiles a cell one top-level statement at a time, and a with statement
-        # compiles differently when code follows it (3.11+: a jump over its exit handling;
-        # 3.10: that handling inlined): compare with the statement compiled alone too.
-        candidates.append(_statement_alone(text, site))
-    running = signature(code, first, last, skipped)
-    if not any(
-        fresh is not None and signature(fresh, first, last, skipped) == running
-        for fresh in candidates
-    ):
-        raise SourceError(
-            f"{site.filename}, line {site.node.lineno}: the source of this block is not the "
-            "code that is running (the file was edited after it was imported, or exec() ran "
-            "other text under this file name). afar does not run code it cannot see: restart "
-            "the process or re-import the module so that the source matches."
-        )
-
-
-def _statement_alone(text: str, site: Site) -> types.CodeType | None:
-    """The top-level statement holding the with statement, compiled as a module of its own."""
-    tree = _parse(text, site.filename, site.future_flags)
-    for statement in tree.body:
-        if statement.lineno <= site.node.lineno <= (statement.end_lineno or statement.lineno):
-            alone = ast.Module(body=[statement], type_ignores=[])
-            return _cpython.compile_tree(alone, site.filename, "exec", site.future_flags)
-    return None
+    module_level = code.co_name == "<module>"
+    running = signature(code_table(code), first, last, skipped)
+    for fresh in candidates:
+        if fresh is not None and not module_level:
+            fresh = find_code(fresh, code)
+        if fresh is not None and signature(code_table(fresh), first, last, skipped) == running:
+            return True
+    return False
 
 
 def find_code(module: types.CodeType, target: types.CodeType) -> types.CodeType | None:
@@ -339,45 +331,3 @@ def _assert_lines(site: Site) -> frozenset[int]:
         if isinstance(node, ast.Assert):
             lines.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
     return frozenset(lines)
-
-
-def signature(
-    code: types.CodeType, first: int, last: int, skipped: frozenset[int] = frozenset()
-) -> Counter[tuple[object, ...]]:
-    """What ``code`` does on lines ``first``..``last`` (but ``skipped``): a multiset of
-    (line, operation, operand)."""
-    tokens: Counter[tuple[object, ...]] = Counter()
-    line: int | None = code.co_firstlineno
-    instructions = list(dis.get_instructions(code))
-    for index, instruction in enumerate(instructions):
-        line = _cpython.instruction_line(instruction, line)
-        if line is None or not first <= line <= last or line in skipped:
-            continue
-        name = instruction.opname
-        if name in _cpython.IGNORED_OPNAMES or _returns_none(instructions, index):
-            continue
-        parts = _cpython.FAST_VARIANTS.get(name)
-        if parts is not None:
-            argval = instruction.argval
-            for part, local in zip(parts, argval if isinstance(argval, tuple) else (argval,)):
-                tokens[(line, part, repr(local))] += 1
-            continue
-        if instruction.opcode in _cpython.JUMP_OPCODES:
-            tokens[(line, name)] += 1
-        elif isinstance(instruction.argval, types.CodeType):
-            inner = instruction.argval
-            body = sorted(signature(inner, 0, sys.maxsize, skipped).items(), key=repr)
-            tokens[(line, name, inner.co_name, tuple(body))] += 1
-        else:
-            tokens[(line, name, repr(instruction.argval))] += 1
-    return tokens
-
-
-def _returns_none(instructions: list[dis.Instruction], index: int) -> bool:
-    following = instructions[index + 1] if index + 1 < len(instructions) else None
-    return (
-        instructions[index].opname == "LOAD_CONST"
-        and instructions[index].argval is None
-        and following is not None
-        and following.opname == "RETURN_VALUE"
-    )

@@ -23,6 +23,9 @@ class Wrapped:
     analysis: Analysis
     text: str
     wrapped: bool  # ``text`` is ``def`` + body (a with block), or the bare body (a cell)
+    # The line number of the text's first line: the lines before it are not written out (a
+    # block deep in a long file would carry a blank line per line before it, issue 19).
+    lineno: int = 1
 
 
 def wrap(site: Site, *, cell: bool = False) -> Wrapped:
@@ -31,15 +34,22 @@ def wrap(site: Site, *, cell: bool = False) -> Wrapped:
         source = "".join(site.lines)
         indented = "".join("    " + line if line.strip() else line for line in site.lines)
         analysis = analyse(site, f"def {WRAPPER_NAME}():\n{indented}\n", line_offset=-1)
-        text = source
+        text, lineno = source, 1
     else:
-        text = wrapped_text(site)
-        analysis = analyse(site, text)
-    return Wrapped(analysis=analysis, text=text, wrapped=not cell)
+        text, lineno = function_text(site)
+        analysis = analyse(site, text, line_offset=lineno - 1)
+    return Wrapped(analysis=analysis, text=text, wrapped=not cell, lineno=lineno)
+
+
+def function_text(site: Site) -> tuple[str, int]:
+    """The body as the body of ``def``, and the line number of the ``def``: the line above the
+    body's first, so that every line of the body stands at its number from there."""
+    start = site.body_first_line
+    body = "".join(site.lines_between(start, site.body_last_line))
+    return f"def {WRAPPER_NAME}():\n" + body, start - 1
 
 
 def wrapped_text(site: Site) -> str:
     """The body as the body of ``def``, every line at its original number."""
-    start = site.body_first_line
-    head = "\n" * (start - 2) + f"def {WRAPPER_NAME}():\n"
-    return head + "".join(site.lines[start - 1 : site.body_last_line])
+    text, lineno = function_text(site)
+    return "\n" * (lineno - 1) + text

@@ -3,7 +3,9 @@
 A block travels as a ``BlockCode`` tuple of plain strings and numbers, never as a code object:
 code objects differ between Python minor versions, source compiles anywhere. The compiled code
 is cached per process under ``sys`` (this module's globals are a fresh copy on every task), and
-the block's lines are registered in ``linecache`` so that tracebacks on the worker show them.
+the block's lines are registered in ``linecache`` so that tracebacks on the worker show them:
+for the last ``SOURCES_LIMIT`` files only (each notebook cell is a file of its own), so that a
+long-lived worker does not keep every cell it ever ran.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pickle
 import sys
 import threading
 import types
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -30,6 +33,11 @@ UNBOUND_NAME = "@afar_unbound"
 CACHE_ATTRIBUTE = "_afar_compiled_blocks_v1"
 COMPILE_LOCK_ATTRIBUTE = "_afar_compile_lock_v1"
 CACHE_LIMIT = 256
+# Files whose block lines afar keeps in a worker's linecache, the least recently run dropped.
+SOURCES_ATTRIBUTE = "_afar_registered_sources_v1"
+SOURCES_LIMIT = 128
+# As afar._analysis.index.PADDING_PER_LINE (this module imports nothing of afar's).
+PADDING_PER_LINE = 500
 # The name of a block's function, as tracebacks show it: "<afar block script.py:12>".
 BLOCK_FUNCTION_PREFIX = "<afar block "
 
@@ -38,8 +46,9 @@ class BlockCode(NamedTuple):
     """Everything the worker needs to rebuild a block's function: plain data only."""
 
     filename: str
-    # Source whose lines stand at their original line numbers: either ``def ...:`` followed by
-    # the block's body (``wrapped``), or a module-level body (a notebook cell).
+    # Source whose lines stand at their original line numbers from ``text_lineno`` on: either
+    # ``def ...:`` followed by the block's body (``wrapped``), or a module-level body (a
+    # notebook cell).
     text: str
     wrapped: bool
     # Original source lines of the with statement (header and body) and the number of the first
@@ -68,6 +77,9 @@ class BlockCode(NamedTuple):
     # ``("def" | "class", name)``: the block's function is compiled at that place, so that what
     # it defines gets the ``__qualname__`` Python gives it there (``f.<locals>.Point``).
     scopes: tuple[tuple[str, str], ...] = ()
+    # The line number of the first line of ``text``: what travels is the block, not the blank
+    # lines that would put it at its place in the file (issue 19).
+    text_lineno: int = 1
 
 
 def compiled_blocks() -> dict[bytes, tuple[BlockCode, types.CodeType]]:
@@ -87,10 +99,10 @@ def block_and_code(packed: bytes) -> tuple[BlockCode, types.CodeType]:
         # (gh-106905) raise SystemError when two threads do it at once.
         with sys.__dict__.setdefault(COMPILE_LOCK_ATTRIBUTE, threading.Lock()):
             found = (block, compile_block(block))
-        register_source(block)
         if len(cache) >= CACHE_LIMIT:
             cache.pop(next(iter(cache)), None)
         cache[packed] = found
+    register_source(found[0])  # each run: its file is then among the last run
     return found
 
 
@@ -101,7 +113,7 @@ def compile_block(block: BlockCode) -> types.CodeType:
     functions and classes the with statement stands in. At module level: the body as module
     code, run in the block's namespace.
     """
-    tree = ast.parse(block.text, block.filename, "exec", type_comments=False)
+    tree = _parse_at(block.text, block.text_lineno, block.filename)
     if block.wrapped:
         function = tree.body[0]
     else:
@@ -186,6 +198,15 @@ def _code_at(code: types.CodeType, path: list[str]) -> types.CodeType | None:
     return code
 
 
+def _parse_at(text: str, lineno: int, filename: str) -> ast.Module:
+    """``text`` parsed as a source whose first line is line ``lineno``: blank lines before it
+    for a text near its file's start, its nodes renumbered for one deep in it (the tokenizer
+    skips about PADDING_PER_LINE blank lines in the time a line of code's nodes take)."""
+    if lineno - 1 <= PADDING_PER_LINE * (text.count("\n") + 1):
+        return ast.parse("\n" * (lineno - 1) + text, filename, "exec", type_comments=False)
+    return ast.increment_lineno(ast.parse(text, filename, "exec", type_comments=False), lineno - 1)
+
+
 def _code_named(code: types.CodeType, name: str) -> types.CodeType | None:
     """The code object of the function ``name`` defined in ``code`` (or in a class it defines)."""
     for constant in code.co_consts:
@@ -196,19 +217,46 @@ def _code_named(code: types.CodeType, name: str) -> types.CodeType | None:
     return None
 
 
+def registered_sources() -> tuple[OrderedDict[str, list[str]], threading.Lock]:
+    """The files whose lines afar put in this process's linecache, least recently run first,
+    with the lines it put there; and the lock that guards them."""
+    found = getattr(sys, SOURCES_ATTRIBUTE, None)
+    if found is None:
+        found = sys.__dict__.setdefault(SOURCES_ATTRIBUTE, (OrderedDict(), threading.Lock()))
+    return found
+
+
 def register_source(block: BlockCode) -> None:
-    """Show the block's lines in tracebacks where its file does not exist (the worker)."""
+    """Show the block's lines in tracebacks where its file does not exist (the worker).
+
+    Only the ``SOURCES_LIMIT`` files run last keep their lines: registering one more drops the
+    least recently run from linecache, if what linecache holds for it is still afar's.
+    """
     filename = block.filename
-    entry = linecache.cache.get(filename)
-    lines: list[str] = list(entry[2]) if entry is not None and len(entry) == 4 else []
-    end = block.first_shown_line - 1 + len(block.shown_lines)
-    if lines[block.first_shown_line - 1 : end] == list(block.shown_lines):
-        return  # the real file (the client, `locally`): leave its entry as linecache keeps it
-    if len(lines) < end:
-        lines.extend("\n" for _ in range(end - len(lines)))
-    lines[block.first_shown_line - 1 : end] = block.shown_lines
-    # mtime None: linecache.checkcache keeps the entry (as IPython does for its cells).
-    linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+    first = block.first_shown_line
+    end = first - 1 + len(block.shown_lines)
+    registry, lock = registered_sources()
+    with lock:
+        entry = linecache.cache.get(filename)
+        held: list[str] = entry[2] if entry is not None and len(entry) == 4 else []
+        if held[first - 1 : end] == list(block.shown_lines):
+            if registry.get(filename) is held:
+                registry.move_to_end(filename)
+            # Else the real file (the client, `locally`): its entry stays as linecache keeps it.
+            return
+        lines = list(held)
+        if len(lines) < end:
+            lines.extend("\n" for _ in range(end - len(lines)))
+        lines[first - 1 : end] = block.shown_lines
+        # mtime None: linecache.checkcache keeps the entry (as IPython does for its cells).
+        linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+        registry[filename] = lines
+        registry.move_to_end(filename)
+        while len(registry) > SOURCES_LIMIT:
+            dropped, dropped_lines = registry.popitem(last=False)
+            current = linecache.cache.get(dropped)
+            if current is not None and len(current) == 4 and current[2] is dropped_lines:
+                del linecache.cache[dropped]
 
 
 def new_function(

@@ -419,6 +419,28 @@ def test_placements_in_registered_source(template):
     assert scope["result"]() == EXPECTED_Y
 
 
+# Text after a module that does not parse: afar finds each block without reading it, from the
+# top-level statement that holds the block (issue 19, point 5: the first entry of a block costs
+# what its statement costs, not its file).
+UNPARSED_TAIL = "\n\ndef broken(:\n"
+
+
+@pytest.mark.parametrize("template", PLACEMENTS.values(), ids=PLACEMENTS.keys())
+def test_placements_read_only_their_own_statement(template):
+    source = textwrap.dedent(place(template))
+    scope = exec_registered(source, registered=source + UNPARSED_TAIL)
+    assert scope["result"]() == EXPECTED_Y
+
+
+@pytest.mark.parametrize("header", HEADERS.values(), ids=HEADERS.keys())
+def test_header_spellings_read_only_their_own_statement(header):
+    source = function_module(header)
+    assert exec_registered(source, registered=source + UNPARSED_TAIL)["block"]() == EXPECTED_Y
+    header = textwrap.dedent(header).strip("\n")
+    source = f"{PRELUDE}\n{header}\n{indent(BODY)}"
+    assert exec_registered(source, registered=source + UNPARSED_TAIL)["y"] == EXPECTED_Y
+
+
 def test_two_blocks_in_one_function(load_module):
     module = load_module(
         """\
@@ -747,6 +769,17 @@ def test_tabs_and_unicode_in_the_body(load_module):
         "\treturn y\n"
     )
     assert module.result() == (3.14, "café")
+
+
+@pytest.mark.parametrize("separator", ["\x0c", "\x1c", "\x85", "\u2028"])
+def test_a_line_separator_inside_a_string_before_the_block(load_module, separator):
+    """str.splitlines() breaks lines there, Python's tokenizer does not: afar numbers lines as
+    linecache and the parser do (it used to shift every line after one)."""
+    module = load_module(
+        f'import afar\ns = "a{separator}b"\ndef result():\n    with afar.run, locally:\n'
+        "        y = 1\n    return y\n"
+    )
+    assert module.result() == 1
 
 
 def test_latin_1_source_file(tmp_path, monkeypatch):

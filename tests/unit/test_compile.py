@@ -192,6 +192,86 @@ def test_registered_source_shows_the_block_where_its_file_does_not_exist():
     assert linecache.getline(filename, 4) == "    y = 1\n"
 
 
+def _cell_block(filename: str, line: int = 1) -> _worker.BlockCode:
+    """A one-line block of a file that exists only on the client (a notebook cell)."""
+    return _worker.BlockCode(
+        filename=filename,
+        text="def f():\n    y = 1\n",
+        text_lineno=line,
+        wrapped=True,
+        shown_lines=("with afar.run, remotely:\n", "    y = 1\n"),
+        first_shown_line=line,
+        seeds=(),
+        saved=("y",),
+        single=True,
+        display=False,
+        label=f"cell:{line}",
+        future_features=(),
+    )
+
+
+@pytest.fixture
+def registered_files():
+    """File names given to register_source by the test; dropped from linecache after it."""
+    names: list[str] = []
+    yield names
+    registry, lock = _worker.registered_sources()
+    with lock:
+        for name in names:
+            registry.pop(name, None)
+            linecache.cache.pop(name, None)
+
+
+def test_a_worker_keeps_the_lines_of_the_files_it_ran_last(registered_files):
+    """Each notebook cell is a file: a long-lived worker keeps SOURCES_LIMIT of them."""
+    registered_files += [fake_filename() for _ in range(_worker.SOURCES_LIMIT + 10)]
+    for filename in registered_files:
+        _worker.register_source(_cell_block(filename))
+    kept = [name for name in registered_files if name in linecache.cache]
+    assert kept == registered_files[-_worker.SOURCES_LIMIT :]
+    assert linecache.getline(registered_files[-1], 1) == "with afar.run, remotely:\n"
+
+
+def test_a_file_run_again_stays_among_those_kept(registered_files):
+    registered_files += [fake_filename() for _ in range(_worker.SOURCES_LIMIT + 1)]
+    first, *others = registered_files
+    _worker.register_source(_cell_block(first))
+    for filename in others[:-1]:
+        _worker.register_source(_cell_block(filename))
+    _worker.register_source(_cell_block(first))  # run again: now the most recent
+    _worker.register_source(_cell_block(others[-1]))
+    assert first in linecache.cache
+    assert others[0] not in linecache.cache
+
+
+def test_a_compiled_block_dropped_from_linecache_is_registered_again_when_run(registered_files):
+    filename = fake_filename()
+    registered_files.append(filename)
+    packed = pickle.dumps(tuple(_cell_block(filename, line=3)), protocol=5)
+    _worker.block_and_code(packed)
+    del linecache.cache[filename]
+    _worker.block_and_code(packed)  # compiled already: only its lines are registered again
+    assert linecache.getline(filename, 3) == "with afar.run, remotely:\n"
+
+
+def test_lines_not_registered_by_afar_are_never_dropped(registered_files, load_module):
+    """The client's own files (``locally``), IPython's cells: their entries stay as they are."""
+    module = load_module(
+        "import afar\ndef result():\n    with afar.run, locally:\n        y = 1\n    return y\n"
+    )
+    assert module.result() == 1
+    registered_files += [fake_filename() for _ in range(_worker.SOURCES_LIMIT + 1)]
+    for filename in registered_files:
+        _worker.register_source(_cell_block(filename))
+    assert linecache.getline(module.__file__, 4) == "        y = 1\n"
+    assert module.__file__ not in _worker.registered_sources()[0]
+
+
+def test_a_block_deep_in_a_file_compiles_at_its_lines():
+    code = _worker.compile_block(_cell_block(fake_filename(), line=5001))
+    assert {line for _, _, line in code.co_lines() if line is not None} <= {5001, 5002}
+
+
 RELOADED = """\
 import afar
 

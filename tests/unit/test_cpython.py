@@ -60,8 +60,8 @@ def test_every_opcode_of_this_interpreter_is_classified():
 
 def test_no_opcode_has_two_roles():
     assert not _cpython.IGNORED_OPNAMES & _cpython.COMPARED_OPNAMES
-    assert not set(_cpython.FAST_VARIANTS) & (_cpython.IGNORED_OPNAMES | _cpython.COMPARED_OPNAMES)
-    for parts in _cpython.FAST_VARIANTS.values():
+    assert not set(_cpython.VARIANTS) & (_cpython.IGNORED_OPNAMES | _cpython.COMPARED_OPNAMES)
+    for parts in _cpython.VARIANTS.values():
         assert set(parts) <= _cpython.COMPARED_OPNAMES
 
 

@@ -56,12 +56,14 @@ def site_from_source(source: str, filename: str = "<afar-unit-site>") -> Site:
     node = next(n for n in ast.walk(tree) if isinstance(n, (ast.With, ast.AsyncWith)))
     first = node.body[0]
     decorators = getattr(first, "decorator_list", None) or []
+    last = node.body[-1].end_lineno or node.body[-1].lineno
     return Site(
         filename=filename,
-        lines=tuple(source.splitlines(keepends=True)),
+        lines=tuple(source.splitlines(keepends=True))[node.lineno - 1 : last],
+        lines_from=node.lineno,
         node=node,
         body_first_line=min([first.lineno, *(d.lineno for d in decorators)]),
-        body_last_line=node.body[-1].end_lineno or node.body[-1].lineno,
+        body_last_line=last,
         future_features=(),
     )
 
@@ -77,11 +79,14 @@ def bound_by(body: str) -> set[str]:
     return bound_names(site_from_source(with_block(body)).body)
 
 
-def exec_registered(source: str, namespace: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run module ``source`` whose text is registered in linecache; return its namespace."""
+def exec_registered(
+    source: str, namespace: dict[str, Any] | None = None, registered: str | None = None
+) -> dict[str, Any]:
+    """Run module ``source`` whose text (or ``registered`` instead) is registered in linecache;
+    return its namespace."""
     source = textwrap.dedent(source)
     filename = fake_filename()
-    register(source, filename)
+    register(source if registered is None else registered, filename)
     code = compile(source, filename, "exec", dont_inherit=True)
     scope: dict[str, Any] = {"__name__": "afar_unit_exec", "afar": afar}
     scope.update(namespace or {})
@@ -130,5 +135,5 @@ def blocks_of(code: types.CodeType) -> list[Any]:
     """
     from afar import _block
 
-    found = [b for key, b in _block._blocks.items() if any(part is code for part in key)]
+    found = [block for held, block in _block._blocks.values() if held is code]
     return sorted(found, key=lambda block: block.site.node.lineno)
