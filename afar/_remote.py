@@ -158,13 +158,14 @@ def submit_block(
     modules: tuple[tuple[str, str], ...] = (),
     displays: tuple[str, ...] = (),
     kept: tuple[str, ...] = (),
+    plotting: Any = None,
 ) -> Future:
     """The body task (one per block). No round trip: the client batches what it sends.
 
     The small settings travel pickled as one value: Dask walks every container of a task's
     arguments looking for Futures, a cost paid on every submit.
     """
-    settings = pickle.dumps((stream, strict, limit, modules, displays, kept), protocol=5)
+    settings = pickle.dumps((stream, strict, limit, modules, displays, kept, plotting), protocol=5)
     function, argument = run_block.task(packed, payload, futures, settings)
     try:
         return client.submit(function, argument, key=key, pure=False, **options)

@@ -21,7 +21,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from afar import _ipython, _remote
+from afar import _ipython, _plots, _remote
 from afar._block import Block, block_for
 from afar._header import RIGHT_SPELLING, called_location, check_header
 from afar._locally import run_locally, run_locally_async
@@ -138,6 +138,7 @@ class Run:
             submission = None
             shown = shown_from_block(error, exc, entry.block.site.filename)
             raise note_block(shown, entry) from cause(error)
+        _plots.take()  # figures of earlier afar.run blocks that waited for this thread
         return True
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:

@@ -12,7 +12,9 @@ import builtins
 import functools
 import hashlib
 import importlib
+import os
 import pkgutil
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -100,7 +102,9 @@ def ensure_runtime(client: Any) -> Awaitable[Any] | None:
         if not registration.done.wait(REGISTRATION_TIMEOUT) or registration.failed:
             return ensure_runtime(client)  # the other thread's attempt failed: try again
         return None
-    plugin = _worker.Runtime({s.digest: s.function for s in _SHIPPED})
+    plugin = _worker.Runtime(
+        {s.digest: s.function for s in _SHIPPED}, client_process=(socket.gethostname(), os.getpid())
+    )
     try:
         outcome = client.register_plugin(plugin, name=_RUNTIME_NAME)
     except BaseException:

@@ -28,7 +28,8 @@ class Sink(Protocol):
         """Show a payload the block sent with ``Emitter.send(DISPLAY, ...)``, e.g. a mimebundle."""
 
     # Optional: ``progress(label, counts)`` shows the counts of the block's Dask work
-    # (``afar._worker.progress``); a sink without it shows none.
+    # (``afar._worker.progress``); a sink without it shows none. ``figure(payload)`` takes a
+    # pickled pyplot figure of the block (``afar._plots``); a sink without it takes none.
 
 
 def print_plain(payload: Any) -> None:
@@ -55,6 +56,12 @@ class DefaultSink:
         self.display_hook = display_hook or print_plain
         # The progress line drawn last on a terminal's stderr, and not ended yet.
         self._progress_line = ""
+
+    def figure(self, payload: Any) -> None:
+        """A pyplot figure of the block: it joins this process's pyplot (``afar._plots``)."""
+        from afar import _plots
+
+        _plots.arrived(payload)
 
     def write(self, stream: str, text: str) -> None:
         if self._progress_line:

@@ -37,6 +37,7 @@ from afar._sinks import DefaultSink, Sink, dropped_notice, limit_notice, restart
 from afar._worker.protocol import (
     DISPLAY,
     DROPPED,
+    FIGURE,
     LIMIT,
     NOTICE,
     PROGRESS,
@@ -225,6 +226,10 @@ def _deliver(sink: Sink, label: str, items: Iterable[Any]) -> None:
             progress = getattr(sink, "progress", None)
             if progress is not None and isinstance(data, dict):
                 progress(label, data)
+        elif kind == FIGURE:
+            figure = getattr(sink, "figure", None)
+            if figure is not None:
+                figure(data)
         else:
             logger.debug("afar: ignoring output item of unknown kind %r", kind)
 

@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from distributed import Future
 
-from afar import _inputs, _ipython, _modules, _remote
+from afar import _inputs, _ipython, _modules, _plots, _remote
 from afar._locations import Location
 from afar._shipping import ensure_runtime
 from afar._sinks import Sink, failure_report, report_failure
@@ -189,6 +189,7 @@ class Submission:
             outgoing.modules,
             outgoing.displays,
             tuple(self.kept),
+            _plots.plotting_for(block, values, sink is not None),
         )
         _track(self.pending, entry, body, futures, router, sink, results.reports_failures)
         self.sink = sink

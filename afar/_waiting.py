@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import Future
 
-from afar import _ipython
+from afar import _ipython, _plots
 from afar._shipping import culprits
 from afar._stream import silence
 from afar._submission import Results
@@ -51,6 +51,7 @@ class Values(Results):
         finally:
             _close_sink(submission)
         bind_results(submission.entry, values)
+        _plots.take()  # the block's figures join pyplot here, in the thread that waited
 
     async def wait_async(self, submission: Submission) -> None:
         body, entry = submission.body, submission.entry

@@ -242,6 +242,80 @@ def main() -> None:
         )
         print(big_result_stays(client, megabytes))
         print(data_sent_once(client, megabytes, 10))
+        plots(client, max(3, repeats // 10))
+
+
+def plot_one(client: Client) -> None:
+    """A block drawing one 640x480 figure, which comes back here (a script's pyplot)."""
+    import matplotlib.pyplot as plt
+
+    with afar.get, remotely:  # noqa: F821
+        plt.plot([1, 2, 3])
+        y = 2
+    assert y == 2 and plt.get_fignums()
+    plt.close("all")
+
+
+def plot_ten(client: Client) -> None:
+    """Ten figures, each shown in a loop (each sent at its show)."""
+    import matplotlib.pyplot as plt
+
+    with afar.get, remotely:  # noqa: F821
+        for step in range(10):
+            plt.plot([0, step])
+            plt.show()
+        y = 2
+    assert y == 2 and len(plt.get_fignums()) == 10
+    plt.close("all")
+
+
+def plots(client: Client, repeats: int) -> None:
+    """What a figure costs: a block that draws one against the same block drawing none; and
+    rendering one inline (a notebook's PNG), on the worker, against pickling it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import warnings
+
+    warnings.filterwarnings("ignore", "FigureCanvasAgg is non-interactive")
+    for _ in range(2):
+        plot_one(client)
+        get_one(client)
+    a, b = interleave(repeats, lambda: plot_one(client), lambda: get_one(client))
+    print(summary("afar.get drawing a 640x480 figure vs none", a, b, "ms"))
+    a, b = interleave(max(2, repeats // 2), lambda: plot_ten(client), lambda: get_one(client))
+    print(summary("afar.get showing 10 figures in a loop vs none", a, b, "ms"))
+
+    def worker_costs() -> dict[str, float]:
+        import pickle as plain
+        import time as clock
+
+        import matplotlib.pyplot as plt
+
+        from afar._worker.plots import PlotMode, rendered
+
+        figure = plt.figure()
+        plt.plot([1, 2, 3])
+        started = clock.perf_counter()
+        bundle = rendered(figure, PlotMode("inline"))
+        png = clock.perf_counter() - started
+        started = clock.perf_counter()
+        data = plain.dumps(figure)
+        pickled = clock.perf_counter() - started
+        plt.close(figure)
+        return {
+            "png": png,
+            "png bytes": len(bundle["image/png"]),
+            "pickle": pickled,
+            "pickle bytes": len(data),
+        }
+
+    costs = worker_costs()
+    print(
+        f"{'one 640x480 figure, made here':<46} PNG {costs['png'] * 1e3:.1f} ms "
+        f"({costs['png bytes'] / 1e3:.0f} kB base64), pickle {costs['pickle'] * 1e3:.1f} ms "
+        f"({costs['pickle bytes'] / 1e3:.0f} kB)"
+    )
 
 
 if __name__ == "__main__":

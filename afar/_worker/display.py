@@ -34,9 +34,12 @@ class Displayer:
                 print(bundle.get("text/plain", ""))
 
 
-def mimebundle(value: Any) -> dict[str, str]:
+def mimebundle(value: Any) -> dict[str, Any]:
     """The value's rich representations, computed where the value lives (IPython's protocol)."""
-    bundle: dict[str, str] = {}
+    found = library_bundle(value)
+    if found is not None:
+        return found
+    bundle: dict[str, Any] = {}
     method = getattr(value, "_repr_mimebundle_", None)
     if callable(method):
         try:
@@ -65,6 +68,46 @@ def mimebundle(value: Any) -> dict[str, str]:
             bundle[mime] = text
     bundle.setdefault("text/plain", _plain_repr(value))
     return bundle
+
+
+def library_bundle(value: Any) -> dict[str, Any] | None:
+    """What a notebook shows of a plotting library's figure, where the library's own answer
+    depends on the process it runs in (a worker is no notebook).
+
+    plotly chooses its output by its default renderer, which on a worker is not a notebook's:
+    the figure's JSON under plotly's MIME type is what JupyterLab renders. bokeh shows a plot
+    through the BokehJS a notebook loads with ``output_notebook()``, which the worker cannot
+    see: the plot is sent as a page fragment with BokehJS inline. altair's default renderer
+    outside a notebook gives HTML that loads Vega from the web: the chart's Vega-Lite spec under
+    its MIME type is what JupyterLab renders itself.
+    """
+    module = type(value).__module__ or ""
+    try:
+        if module.startswith("altair.") and hasattr(value, "to_dict"):
+            import altair
+
+            major = str(altair.SCHEMA_VERSION).lstrip("v").split(".")[0]
+            return {
+                f"application/vnd.vegalite.v{major}+json": value.to_dict(),
+                "text/plain": _plain_repr(value),
+            }
+        if module.startswith("plotly.") and hasattr(value, "to_plotly_json"):
+            import plotly.io
+
+            bundle = dict(plotly.io.renderers["plotly_mimetype"].to_mimebundle(value.to_dict()))
+            bundle.setdefault("text/plain", _plain_repr(value))
+            return bundle
+        if module.startswith("bokeh."):
+            from bokeh.model import Model
+
+            if isinstance(value, Model):
+                from bokeh.embed import file_html
+                from bokeh.resources import INLINE
+
+                return {"text/html": file_html(value, INLINE), "text/plain": _plain_repr(value)}
+    except Exception:
+        return None  # the library's own representations, then
+    return None
 
 
 def _plain_repr(value: Any) -> str:

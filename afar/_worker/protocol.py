@@ -23,8 +23,9 @@ runner sends (e.g. a mimebundle dict); ``LIMIT`` with ``{"chars": limit}`` when 
 reaches its limit; ``DROPPED`` with ``{"chars": n, "lines": n}`` when the block ends after output
 was dropped; ``PROGRESS`` with the counts of the block's Dask work (``afar._worker.progress``);
 ``NOTICE`` with a line of afar's own for the client's stderr (a block being stopped), shown even
-for a block whose output the client no longer shows. ``Emitter.send`` may add other kinds;
-clients ignore kinds they do not know.
+for a block whose output the client no longer shows; ``FIGURE`` with ``{"pickle": bytes, "show":
+bool}``, a pyplot figure of the block for the client's own pyplot (``afar._worker.plots``).
+``Emitter.send`` may add other kinds; clients ignore kinds they do not know.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ LIMIT = "limit"
 DROPPED = "dropped"
 PROGRESS = "progress"
 NOTICE = "notice"
-KINDS = (STDOUT, STDERR, DISPLAY, LIMIT, DROPPED, PROGRESS, NOTICE)
+FIGURE = "figure"
+KINDS = (STDOUT, STDERR, DISPLAY, LIMIT, DROPPED, PROGRESS, NOTICE, FIGURE)
 TEXT_KINDS = (STDOUT, STDERR)
 
 # Latency of live output: a line reaches the client within about this long.

@@ -29,6 +29,7 @@ from afar._worker.compiling import (
 from afar._worker.display import Displayer, mimebundle
 from afar._worker.importer import use_modules
 from afar._worker.output import DISPLAY, capture_output
+from afar._worker.plots import install_backend, plots_for
 from afar._worker.progress import watch_progress
 from afar._worker.routing import install_routers, remove_routers
 from afar._worker.stopping import (
@@ -54,8 +55,13 @@ class Runtime(WorkerPlugin):
 
     idempotent = True
 
-    def __init__(self, functions: dict[str, Callable[..., Any]]) -> None:
+    def __init__(
+        self, functions: dict[str, Callable[..., Any]], client_process: Any = None
+    ) -> None:
         self.functions = functions
+        # (host, pid) of the client that registered it: a worker in that process keeps the
+        # client's pyplot backend (see afar._worker.plots).
+        self.client_process = client_process
 
     def setup(self, worker: Any) -> None:
         for function in self.functions.values():
@@ -63,6 +69,7 @@ class Runtime(WorkerPlugin):
         sys.__dict__.setdefault(SHIPPED_ATTRIBUTE, {}).update(self.functions)
         # Blocks' prints reach their clients through routers in front of sys.stdout/stderr.
         install_routers()
+        install_backend(self.client_process)
 
     def teardown(self, worker: Any) -> None:
         remove_routers()
@@ -250,7 +257,9 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
     ``packed`` is the pickled ``BlockCode``; ``payload`` the pickled plain variables the block
     reads, ``futures`` those that held Dask Futures (resolved by Dask). Those named by
     ``block.seeds`` are passed as parameters: the block may read them before assigning them.
-    ``settings`` pickles ``(stream, strict, limit, modules, displays, kept)``; ``displays`` names
+    ``settings`` pickles ``(stream, strict, limit, modules, displays, kept, plotting)``;
+    ``plotting`` is what the client wants of the block's pyplot figures (see ``plots_for``);
+    ``displays`` names
     the variables that held IPython's ``display`` on the client (see ``Displayer``); ``kept``
     those among ``futures`` that are large values kept on the cluster (see ``private_copies``).
     ``stream`` is ``(topic, the client's stream identity, progress)`` for output (None: not
@@ -268,7 +277,7 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
     """
     from distributed import get_worker
 
-    stream, strict, limit, modules, displays, kept = pickle.loads(settings)
+    stream, strict, limit, modules, displays, kept, plotting = pickle.loads(settings)
     block, code = block_and_code(packed)
     if modules:
         use_modules(modules, block.label)  # before unpickling: inputs may refer to them
@@ -300,46 +309,50 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
             running.emitter = emitter if hasattr(emitter, "stop") else None  # None: quiet
             if displayer is not None:
                 displayer.emitter = running.emitter
-            watcher = watch_progress(emitter) if progress else None
-            try:
-                if limit is not None:
-                    timer = threading.Timer(limit, running.stop, ("timeout",))
-                    timer.daemon = True
-                    timer.start()
-                # Past this call no stop is pending for this thread or can come (see Running).
-                returned, scope = running.call(call)
-                if returned and block.module_level:
-                    scope = namespace  # module code: its namespace is its scope
-            finally:
-                if watcher is not None:
-                    watcher.stop()
-            if not returned:
-                error = scope
-                if isinstance(error, stop_error):
-                    # Let go of the block's frames (and the Futures they hold, which cancels
-                    # the work they started) now, not after ``rejoin`` below, which may wait.
-                    del error, scope
-                    return running.timed_out() if running.reason == "timeout" else None
-                if (
-                    isinstance(error, ModuleNotFoundError)
-                    and error.name
-                    and _raised_by_block(error, block)
-                ):
-                    # An import in the block itself: keep the type, say where and what to do.
-                    message = (
-                        f"No module named {error.name!r} on {worker_address()} (block at "
-                        f"{block.label}): install it in the workers' environment, for example "
-                        "with distributed.diagnostics.plugin.PipInstall"
-                    )
-                    raise ModuleNotFoundError(message, name=error.name).with_traceback(
-                        error.__traceback__
-                    ) from None
-                if isinstance(error, (SystemExit, KeyboardInterrupt)):
-                    raise ended_process(error, block.label) from None
-                raise error
-            shown = scope.pop(DISPLAY_NAME, None)
-            if emitter is not None and shown is not None:
-                emitter.send(DISPLAY, mimebundle(shown))
+            # The block's pyplot figures: sent where the client wants them, and closed.
+            plots = plots_for(plotting, running.emitter, block.label)
+            with plots:
+                watcher = watch_progress(emitter) if progress else None
+                try:
+                    if limit is not None:
+                        timer = threading.Timer(limit, running.stop, ("timeout",))
+                        timer.daemon = True
+                        timer.start()
+                    # Past this call no stop is pending for this thread or can come (see Running).
+                    returned, scope = running.call(call)
+                    if returned and block.module_level:
+                        scope = namespace  # module code: its namespace is its scope
+                finally:
+                    if watcher is not None:
+                        watcher.stop()
+                if not returned:
+                    error = scope
+                    if isinstance(error, stop_error):
+                        # Let go of the block's frames (and the Futures they hold, which cancels
+                        # the work they started) now, not after ``rejoin`` below, which may wait.
+                        del error, scope
+                        plots.discard()  # a stopped block's figures are closed, not sent
+                        return running.timed_out() if running.reason == "timeout" else None
+                    if (
+                        isinstance(error, ModuleNotFoundError)
+                        and error.name
+                        and _raised_by_block(error, block)
+                    ):
+                        # An import in the block itself: keep the type, say where and what to do.
+                        message = (
+                            f"No module named {error.name!r} on {worker_address()} (block at "
+                            f"{block.label}): install it in the workers' environment, for example "
+                            "with distributed.diagnostics.plugin.PipInstall"
+                        )
+                        raise ModuleNotFoundError(message, name=error.name).with_traceback(
+                            error.__traceback__
+                        ) from None
+                    if isinstance(error, (SystemExit, KeyboardInterrupt)):
+                        raise ended_process(error, block.label) from None
+                    raise error
+                shown = scope.pop(DISPLAY_NAME, None)
+                if emitter is not None and shown is not None:
+                    emitter.send(DISPLAY, plots.bundle(shown) or mimebundle(shown))
     finally:
         if timer is not None:
             timer.cancel()
