@@ -6,6 +6,11 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${1:-${PYTHON:-python3}}"
 shift || true
 venv_python="$(bash "$root/scripts/setup-venv.sh" "$python" | tail -n 1)"
+# AFAR_BROWSER=1: also what a user sees in JupyterLab, in a real browser (tests/browser).
+browser="${AFAR_BROWSER:-0}"
+if [[ "$browser" == 1 ]]; then
+  bash "$root/scripts/setup-browser.sh" "$venv_python"
+fi
 cd "$root"
 "$venv_python" -m ruff check afar tests benchmarks examples
 "$venv_python" -m ruff format --check afar tests benchmarks examples
@@ -18,4 +23,7 @@ fi
 status=0
 "$venv_python" -m pytest -q -p no:cacheprovider tests/unit tests/cluster tests/ipython || status=$?
 "$venv_python" -m pytest -q -p no:cacheprovider tests/deploy || status=$?
+if [[ "$browser" == 1 ]]; then
+  "$venv_python" -m pytest -q -p no:cacheprovider tests/browser || status=$?
+fi
 exit $status

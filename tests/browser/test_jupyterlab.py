@@ -1,0 +1,175 @@
+"""What a user sees in JupyterLab, in a real browser (Chromium driven by Playwright).
+
+A JupyterLab server runs for this test, with the afar of this checkout; its kernels connect to a
+Dask cluster that runs in this test's process, apart from them. The page is opened as a user
+would, the cells are run with Shift+Enter, and what the page shows is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from distributed import LocalCluster
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+# Seconds: the server's start, a page's load, what a cell shows.
+START_TIMEOUT = 90
+SHOWN_TIMEOUT = 60
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory, cluster: Any) -> Iterator[tuple[str, Path]]:
+    """A JupyterLab server: (its address with the token, its folder)."""
+    home = tmp_path_factory.mktemp("lab")
+    port, token = free_port(), secrets.token_hex(16)
+    environment = {
+        **os.environ,
+        "AFAR_TEST_SCHEDULER": cluster.scheduler_address,
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_DATA_DIR": str(home / "data"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "IPYTHONDIR": str(home / "ipython"),
+    }
+    log = (home / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}"]
+        + [f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={home}"]
+        + ["--ServerApp.ip=127.0.0.1", "--allow-root"],
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert server.poll() is None, (home / "server.log").read_text()
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"JupyterLab did not start in {START_TIMEOUT} s")
+        yield f"http://127.0.0.1:{port}", home, token
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def notebook(path: Path, cells: list[str]) -> None:
+    content = {
+        "cells": [
+            {
+                "cell_type": "code",
+                "metadata": {},
+                "source": source,
+                "outputs": [],
+                "execution_count": None,
+            }
+            for source in cells
+        ],
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(content))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+SETUP = """\
+import os
+from distributed import Client
+import afar
+client = Client(os.environ["AFAR_TEST_SCHEDULER"])
+%load_ext afar"""
+PLOT = """\
+%%afar -g
+import matplotlib.pyplot as plt
+plt.plot([1, 4, 9])
+plt.title("drawn on a worker")
+plt.show()
+drawn = True"""
+
+
+def run_cell(page: Any, index: int) -> None:
+    """Run a cell as a user does: click into it, Shift+Enter, wait until it has run."""
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+    prompt = cell.locator(".jp-InputPrompt")
+    deadline = time.monotonic() + SHOWN_TIMEOUT
+    while time.monotonic() < deadline:  # "[*]:" while it runs, "[1]:" once it has
+        text = prompt.inner_text().strip()
+        if text[1:-2].isdigit():
+            return
+        page.wait_for_timeout(100)
+    pytest.fail(f"cell {index} did not finish within {SHOWN_TIMEOUT} s: its prompt shows {text!r}")
+
+
+def test_a_cell_s_block_plots_and_the_image_appears(lab, browser) -> None:
+    address, home, token = lab
+    notebook(home / "plots.ipynb", [SETUP, PLOT])
+    page = browser.new_page()
+    page.goto(f"{address}/lab/tree/plots.ipynb?token={token}")
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=START_TIMEOUT * 1000)
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
+        timeout=START_TIMEOUT * 1000
+    )
+    for index in range(2):
+        run_cell(page, index)
+    image = page.locator(".jp-Cell").nth(1).locator(".jp-OutputArea-output img")
+    try:
+        image.first.wait_for(timeout=SHOWN_TIMEOUT * 1000)
+    finally:
+        page.screenshot(path=str(home / "plots.png"), full_page=True)
+    box = image.first.bounding_box()
+    assert box is not None and box["width"] > 100 and box["height"] > 100
+    page.close()
