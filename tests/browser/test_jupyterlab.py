@@ -52,8 +52,8 @@ def cluster() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory, cluster: Any) -> Iterator[tuple[str, Path]]:
-    """A JupyterLab server: (its address with the token, its folder)."""
+def lab(tmp_path_factory: pytest.TempPathFactory, cluster: Any) -> Iterator[tuple[str, Path, str]]:
+    """A JupyterLab server: (its address, its folder, its token)."""
     home = tmp_path_factory.mktemp("lab")
     port, token = free_port(), secrets.token_hex(16)
     environment = {
@@ -65,10 +65,16 @@ def lab(tmp_path_factory: pytest.TempPathFactory, cluster: Any) -> Iterator[tupl
         "IPYTHONDIR": str(home / "ipython"),
     }
     log = (home / "server.log").open("w")
+    options = [
+        f"--port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={home}",
+        "--ServerApp.ip=127.0.0.1",
+        "--allow-root",  # CI runs as root
+        "--no-browser",
+    ]
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}"]
-        + [f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={home}"]
-        + ["--ServerApp.ip=127.0.0.1", "--allow-root"],
+        [sys.executable, "-m", "jupyterlab", *options],
         env=environment,
         stdout=log,
         stderr=subprocess.STDOUT,
