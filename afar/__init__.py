@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from afar import _remote
+from afar._debugging import debug
 from afar._ipython.magics import load_ipython_extension, new_magic
 from afar._locality import modules
 from afar._locations import Location, later, locally, remotely
@@ -17,6 +18,7 @@ from afar.errors import (
     AfarError,
     BlockSyntaxError,
     ClientError,
+    DebugError,
     LocalModuleError,
     LocationError,
     LocationNameError,
@@ -34,6 +36,7 @@ __all__ = [
     "BlockSyntaxError",
     "Captured",
     "ClientError",
+    "DebugError",
     "Get",
     "LocalModuleError",
     "Location",
@@ -44,6 +47,7 @@ __all__ = [
     "SavedNameError",
     "SourceError",
     "__version__",
+    "debug",
     "get",
     "later",
     "load_ipython_extension",

@@ -70,8 +70,10 @@ class Location:
         secede: bool | None = None,
         progress: bool = True,
         timeout: float | None = None,
+        debug: bool = True,
     ) -> None:
         self.where = where
+        self.debug = debug
         self.client = client
         self.quiet = quiet
         self.secede = secede
@@ -87,6 +89,7 @@ class Location:
         secede: bool | None = None,
         progress: bool | None = None,
         timeout: float | str | None = None,
+        debug: bool | None = None,
         **submit_options: Any,
     ) -> Location:
         """A location like this one with a client and options for ``client.submit``.
@@ -112,6 +115,10 @@ class Location:
             Time limit of the block on the worker, in seconds or as a Dask time string such as
             ``"5m"``: past it the block is stopped and its result is a ``TimeoutError``. It
             counts from when the block starts on the worker, not the time it waits in the queue.
+        debug : bool, optional
+            ``debug=False`` makes ``breakpoint()`` in the block do nothing, as
+            ``PYTHONBREAKPOINT=0`` does; by default it opens pdb on the block's worker, where the
+            caller waits (see "Debugging a block" in the README).
         **submit_options
             Passed to ``client.submit`` for the block's task.
         """
@@ -141,6 +148,7 @@ class Location:
         chosen_secede = secede if secede is not None else self.secede
         chosen_progress = progress if progress is not None else self.progress
         limit = time_limit(timeout) if timeout is not None else self.timeout
+        chosen_debug = bool(debug) if debug is not None else self.debug
         return type(self)(
             self.where,
             chosen_client,
@@ -149,6 +157,7 @@ class Location:
             chosen_secede,
             progress=chosen_progress,
             timeout=limit,
+            debug=chosen_debug,
         )
 
     def __enter__(self) -> None:
@@ -170,6 +179,7 @@ class Location:
         details += [f"secede={self.secede}"] if self.secede is not None else []
         details += [] if self.progress else ["progress=False"]
         details += [f"timeout={self.timeout:g}"] if self.timeout is not None else []
+        details += [] if self.debug else ["debug=False"]
         return f"{self.where.value}({', '.join(details)})" if details else self.where.value
 
 

@@ -159,13 +159,16 @@ def submit_block(
     displays: tuple[str, ...] = (),
     kept: tuple[str, ...] = (),
     plotting: Any = None,
+    debugging: tuple[str, bool, float] = ("", False, 0.0),
 ) -> Future:
     """The body task (one per block). No round trip: the client batches what it sends.
 
     The small settings travel pickled as one value: Dask walks every container of a task's
     arguments looking for Futures, a cost paid on every submit.
     """
-    settings = pickle.dumps((stream, strict, limit, modules, displays, kept, plotting), protocol=5)
+    settings = pickle.dumps(
+        (stream, strict, limit, modules, displays, kept, plotting, debugging), protocol=5
+    )
     function, argument = run_block.task(packed, payload, futures, settings)
     try:
         return client.submit(function, argument, key=key, pure=False, **options)

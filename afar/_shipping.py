@@ -22,6 +22,7 @@ from typing import Any
 import cloudpickle
 
 import afar._worker
+from afar._worker import debugging as _worker_debugging
 from afar._worker import runtime as _worker
 
 # Each module by name: Dask's serializer (distributed.protocol.pickle) hands an object to
@@ -62,7 +63,10 @@ class Shipped:
 run_block = Shipped(_worker.run_block, ("packed", "payload", "futures", "settings"))
 pick = Shipped(_worker.pick, ("values", "which"))
 culprits = Shipped(_worker.unpicklable_names, ("values",))
-_SHIPPED = (run_block, pick, culprits)
+# A line for a block that reads input (Client.run on its worker), and the post-mortem task.
+answer_input = Shipped(_worker_debugging.answer, ("block", "secret", "request", "line"))
+post_mortem = Shipped(_worker_debugging.post_mortem, ("topic", "block", "secret", "client_streams"))
+_SHIPPED = (run_block, pick, culprits, answer_input, post_mortem)
 _RUNTIME_NAME = (
     "afar-runtime-" + hashlib.sha256("".join(s.digest for s in _SHIPPED).encode()).hexdigest()[:16]
 )

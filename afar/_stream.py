@@ -30,7 +30,7 @@ import logging
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from afar._sinks import DefaultSink, Sink, dropped_notice, limit_notice, restart_notice
@@ -38,6 +38,8 @@ from afar._worker.protocol import (
     DISPLAY,
     DROPPED,
     FIGURE,
+    INPUT,
+    KEPT_FAILURE,
     LIMIT,
     NOTICE,
     PROGRESS,
@@ -103,6 +105,8 @@ class OutputRouter:
         self.default_sink: Sink = DefaultSink()
         self._lock = threading.Lock()
         self._blocks: dict[str, _Block] = {}
+        # Who hears a block's reads of input and its kept failure (afar._debugging), by block.
+        self._listeners: dict[str, Callable[[str, Any, str], None]] = {}
         self._unregistered: OrderedDict[str, _Block] = OrderedDict()
         # Blocks whose Futures are done (at most MAX_UNREGISTERED, a name each): an event of
         # theirs that arrives after that, on a busy client, is shown and leaves no state.
@@ -118,9 +122,16 @@ class OutputRouter:
             state.sink = sink
             self._blocks[block] = state
 
+    def listen(self, block: str, listener: Callable[[str, Any, str], None]) -> None:
+        """Hand ``block``'s ``INPUT`` and ``KEPT_FAILURE`` items to ``listener(kind, data,
+        worker)``, in order with its output, until ``unregister(block)`` or ``silence(block)``."""
+        with self._lock:
+            self._listeners[block] = listener
+
     def unregister(self, block: str) -> None:
         """Forget ``block`` (again is fine). Call it when the block's Future is done."""
         with self._lock:
+            self._listeners.pop(block, None)
             self._blocks.pop(block, None)
             self._unregistered.pop(block, None)
             self._finished[block] = None
@@ -134,6 +145,7 @@ class OutputRouter:
         ``MAX_UNREGISTERED`` of them).
         """
         with self._lock:
+            self._listeners.pop(block, None)
             state = self._blocks.pop(block, None) or self._unregistered.pop(block, None)
             state = state or _Block(None)
             state.silenced = True
@@ -175,6 +187,7 @@ class OutputRouter:
             restarted = state.restarted(str(message.get("attempt")))
             sink = state.sink or self.default_sink
             silenced = state.silenced
+            listener = self._listeners.get(block)
         items = message.get("items", ())
         if silenced:
             items = [item for item in items if item and item[0] == NOTICE]
@@ -182,7 +195,7 @@ class OutputRouter:
             if restarted and not silenced:
                 worker = str(message.get("worker", "another worker"))
                 sink.write(STDERR, restart_notice(label, worker))
-            _deliver(sink, label, items)
+            _deliver(sink, label, items, listener, str(message.get("worker", "")))
         except Exception:
             # The handler runs on the client's event loop: a failing sink must not disturb it.
             logger.exception("afar: the output sink of %s failed", label)
@@ -210,7 +223,13 @@ def _closed_client_errors() -> tuple[type[BaseException], ...]:
     return (closed,) if closed is not None else (RuntimeError,)
 
 
-def _deliver(sink: Sink, label: str, items: Iterable[Any]) -> None:
+def _deliver(
+    sink: Sink,
+    label: str,
+    items: Iterable[Any],
+    listener: Callable[[str, Any, str], None] | None = None,
+    worker: str = "",
+) -> None:
     for kind, data in items:
         if kind in TEXT_KINDS:
             sink.write(kind, data)
@@ -230,6 +249,11 @@ def _deliver(sink: Sink, label: str, items: Iterable[Any]) -> None:
             figure = getattr(sink, "figure", None)
             if figure is not None:
                 figure(data)
+        elif kind in (INPUT, KEPT_FAILURE):
+            if listener is not None:
+                listener(kind, data, worker)
+            elif kind == INPUT:
+                logger.debug("afar: %s reads input, and nobody here can answer it", label)
         else:
             logger.debug("afar: ignoring output item of unknown kind %r", kind)
 

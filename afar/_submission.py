@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from distributed import Future
 
-from afar import _inputs, _ipython, _modules, _plots, _remote
+from afar import _debugging, _inputs, _ipython, _modules, _plots, _remote
 from afar._locations import Location
 from afar._shipping import ensure_runtime
 from afar._sinks import Sink, failure_report, report_failure
@@ -94,6 +94,7 @@ class Submission:
 
     body: Future  # the body's Future, once sent
     sink: Sink | None = None  # the notebook cell's sink of its output, once sent
+    input: _debugging.BlockInput | None = None  # its reads of input, once sent (not quiet)
     kept: dict[str, Future]  # the Futures of the large values' kept copies, once there
 
     def __init__(
@@ -175,6 +176,15 @@ class Submission:
             if sink is not None:
                 router.register(key, sink)
             # else the default sink; the router still forgets the block when it finishes
+            # Its input() and breakpoint() read from here (afar._debugging).
+            secret = _debugging.new_secret()
+            self.input = _debugging.BlockInput(
+                client, key, block.label, secret, sink, waited_for=waits
+            )
+            router.listen(key, self.input.on_item)
+            debugging = (secret, location.debug, _debugging.keep_seconds())
+        else:
+            debugging = ("", False, 0.0)
         body = _remote.submit_block(
             client,
             block,
@@ -190,7 +200,10 @@ class Submission:
             outgoing.displays,
             tuple(self.kept),
             _plots.plotting_for(block, values, sink is not None),
+            debugging,
         )
+        if self.input is not None:
+            body.add_done_callback(self.input.finished)
         _track(self.pending, entry, body, futures, router, sink, results.reports_failures)
         self.sink = sink
         results.sent(self, body)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import time
 from typing import TYPE_CHECKING, Any
 
 from distributed import Future
 
-from afar import _ipython, _plots
+from afar import _debugging, _ipython, _plots
 from afar._shipping import culprits
 from afar._stream import silence
 from afar._submission import Results
@@ -47,7 +48,10 @@ class Values(Results):
     def wait(self, submission: Submission) -> None:
         __tracebackhide__ = True
         try:
-            values = wait_values(submission.body, submission.entry, self.timeout)
+            values = wait_values(submission.body, submission.entry, self.timeout, submission.input)
+        except BaseException as error:
+            _debugging.note_raised(error, str(submission.body.key))  # for afar.debug, %debug
+            raise
         finally:
             _close_sink(submission)
         bind_results(submission.entry, values)
@@ -82,8 +86,16 @@ def _close_sink(submission: Submission) -> None:
         close()
 
 
-def wait_values(body: Future, entry: Entry, timeout: float | None) -> dict[str, Any]:
+def wait_values(
+    body: Future,
+    entry: Entry,
+    timeout: float | None,
+    reads: _debugging.BlockInput | None = None,
+) -> dict[str, Any]:
     """Wait for an afar.get block and fetch its values, in one trip through the client's loop.
+
+    Meanwhile the block's reads of input (``input()``, pdb at a ``breakpoint()``) are answered
+    here, in this thread (``reads``, see ``afar._debugging``).
 
     Ctrl-C (KeyboardInterrupt) cancels the block: the wait is on a lock, which a signal
     interrupts at once. With ``timeout=``, the block is cancelled when it has not finished by
@@ -93,7 +105,13 @@ def wait_values(body: Future, entry: Entry, timeout: float | None) -> dict[str, 
     try:
         with _waiting_indicator(entry.block.label):  # in a notebook: "running on the cluster"
             try:
-                values = body.result(timeout=timeout)
+                remaining = timeout
+                if reads is not None:
+                    started = time.monotonic()
+                    reads.converse(timeout)  # until the block is over
+                    if timeout is not None:
+                        remaining = max(0.001, timeout - (time.monotonic() - started))
+                values = body.result(timeout=remaining)
             except (TimeoutError, asyncio.TimeoutError) as error:
                 if body.status == "error":
                     raise  # the block itself raised it

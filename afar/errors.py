@@ -68,3 +68,8 @@ class ClientError(AfarError, ValueError):
 class LocalModuleError(AfarError, ImportError):
     """A module of the user's own that a block needs cannot travel to the workers with it
     (a compiled extension, a source over the size limit): it must be installed there."""
+
+
+class DebugError(AfarError, RuntimeError):
+    """``afar.debug`` found nothing it can open: no block waits at a breakpoint, or the failed
+    block's traceback is not kept on its worker any more."""

@@ -21,6 +21,7 @@ from afar._worker.protocol import (
     DROPPED,
     LIMIT,
     MAX_BLOCK_CHARS,
+    STDOUT,
     TEXT_KINDS,
 )
 
@@ -119,6 +120,29 @@ class Batcher:
     def take(self) -> list[Items]:
         """Everything pending, as events (before an item sent out of band, such as a display)."""
         return self._take() if self._pending else []
+
+    def take_prompt(self) -> str:
+        """Take the unfinished last line of stdout out of the batch: the prompt of a read.
+
+        ``input()`` and pdb write their prompt and then read a line: the client asks with that
+        prompt, instead of showing it as output too. "" when the batch does not end so.
+        """
+        if not self._pending or self._pending[-1][0] != STDOUT:
+            return ""
+        last = self._pending[-1]
+        text = "".join(last[1])
+        head, newline, tail = text.rpartition("\n")
+        if not tail:
+            return ""
+        if newline:
+            last[1] = [head + newline]
+        else:
+            self._pending.pop()
+            self._last = None
+        self._pending_chars -= len(tail)
+        if not self._pending:
+            self._clear()
+        return tail
 
     def close(self) -> list[Items]:
         """The last events of the attempt: what is pending, and how much was dropped."""

@@ -60,6 +60,7 @@ from afar._worker.protocol import (  # noqa: F401 (re-exported: tests and older 
     BATCH_SECONDS,
     DISPLAY,
     DROPPED,
+    INPUT,
     KINDS,
     LIMIT,
     MAX_BLOCK_CHARS,
@@ -337,6 +338,10 @@ class _Forwarder(Emitter):
             kind, data, when = inbox.popleft()
             if kind in TEXT_KINDS:
                 events = batcher.write(kind, data, when)
+            elif kind == INPUT:
+                # The prompt input() or pdb wrote just before reading goes with the request.
+                data = {**data, "prompt": batcher.take_prompt()}
+                events = [*batcher.take(), [[kind, data]]]
             else:
                 # After all text written before it, in an event of its own.
                 events = [*batcher.take(), [[kind, data]]]

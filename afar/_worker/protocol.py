@@ -24,7 +24,11 @@ reaches its limit; ``DROPPED`` with ``{"chars": n, "lines": n}`` when the block 
 was dropped; ``PROGRESS`` with the counts of the block's Dask work (``afar._worker.progress``);
 ``NOTICE`` with a line of afar's own for the client's stderr (a block being stopped), shown even
 for a block whose output the client no longer shows; ``FIGURE`` with ``{"pickle": bytes, "show":
-bool}``, a pyplot figure of the block for the client's own pyplot (``afar._worker.plots``).
+bool}``, a pyplot figure of the block for the client's own pyplot (``afar._worker.plots``);
+``INPUT`` with ``{"request": n, "prompt": str, "where": "x.py:3"}`` when the block's thread reads
+a line of input (``input()``, pdb), which the client answers (``afar._worker.debugging``);
+``KEPT_FAILURE`` with ``{"seconds": s}`` when the block failed and its worker keeps its traceback
+that long for a post-mortem.
 ``Emitter.send`` may add other kinds; clients ignore kinds they do not know.
 """
 
@@ -41,7 +45,9 @@ DROPPED = "dropped"
 PROGRESS = "progress"
 NOTICE = "notice"
 FIGURE = "figure"
-KINDS = (STDOUT, STDERR, DISPLAY, LIMIT, DROPPED, PROGRESS, NOTICE, FIGURE)
+INPUT = "input"
+KEPT_FAILURE = "kept-failure"
+KINDS = (STDOUT, STDERR, DISPLAY, LIMIT, DROPPED, PROGRESS, NOTICE, FIGURE, INPUT, KEPT_FAILURE)
 TEXT_KINDS = (STDOUT, STDERR)
 
 # Latency of live output: a line reaches the client within about this long.

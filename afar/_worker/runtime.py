@@ -26,6 +26,7 @@ from afar._worker.compiling import (
     call_block,
     new_function,
 )
+from afar._worker.debugging import ReadingInput, install_input, keep_failure, remove_input
 from afar._worker.display import Displayer, mimebundle
 from afar._worker.importer import use_modules
 from afar._worker.output import DISPLAY, capture_output
@@ -69,9 +70,12 @@ class Runtime(WorkerPlugin):
         sys.__dict__.setdefault(SHIPPED_ATTRIBUTE, {}).update(self.functions)
         # Blocks' prints reach their clients through routers in front of sys.stdout/stderr.
         install_routers()
+        # Their input() and breakpoint() read from their clients (afar._worker.debugging).
+        install_input()
         install_backend(self.client_process)
 
     def teardown(self, worker: Any) -> None:
+        remove_input()
         remove_routers()
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
@@ -257,7 +261,10 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
     ``packed`` is the pickled ``BlockCode``; ``payload`` the pickled plain variables the block
     reads, ``futures`` those that held Dask Futures (resolved by Dask). Those named by
     ``block.seeds`` are passed as parameters: the block may read them before assigning them.
-    ``settings`` pickles ``(stream, strict, limit, modules, displays, kept, plotting)``;
+    ``settings`` pickles ``(stream, strict, limit, modules, displays, kept, plotting,
+    debugging)``; ``debugging`` is ``(secret, debug, keep_seconds)``: the block's input comes from
+    its client, which answers with ``secret``; ``debug`` whether ``breakpoint()`` opens pdb; a
+    failed block's traceback is kept ``keep_seconds`` for a post-mortem (see ``debugging``);
     ``plotting`` is what the client wants of the block's pyplot figures (see ``plots_for``);
     ``displays`` names
     the variables that held IPython's ``display`` on the client (see ``Displayer``); ``kept``
@@ -277,7 +284,7 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
     """
     from distributed import get_worker
 
-    stream, strict, limit, modules, displays, kept, plotting = pickle.loads(settings)
+    stream, strict, limit, modules, displays, kept, plotting, debugging = pickle.loads(settings)
     block, code = block_and_code(packed)
     if modules:
         use_modules(modules, block.label)  # before unpickling: inputs may refer to them
@@ -307,6 +314,8 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
     try:
         with capturing as emitter:
             running.emitter = emitter if hasattr(emitter, "stop") else None  # None: quiet
+            secret, debug, keep_seconds = debugging
+            reading = ReadingInput(str(key), secret, running.emitter, block.filename, debug)
             if displayer is not None:
                 displayer.emitter = running.emitter
             # The block's pyplot figures: sent where the client wants them, and closed.
@@ -319,7 +328,8 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
                         timer.daemon = True
                         timer.start()
                     # Past this call no stop is pending for this thread or can come (see Running).
-                    returned, scope = running.call(call)
+                    with reading:
+                        returned, scope = running.call(call)
                     if returned and block.module_level:
                         scope = namespace  # module code: its namespace is its scope
                 finally:
@@ -349,6 +359,17 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
                         ) from None
                     if isinstance(error, (SystemExit, KeyboardInterrupt)):
                         raise ended_process(error, block.label) from None
+                    if stream is not None:
+                        keep_failure(
+                            stream[0],
+                            str(key),
+                            secret,
+                            block.label,
+                            block.filename,
+                            error,
+                            keep_seconds,
+                            running.emitter,
+                        )
                     raise error
                 shown = scope.pop(DISPLAY_NAME, None)
                 if emitter is not None and shown is not None:
