@@ -236,6 +236,13 @@ def block_of(error: BaseException | None) -> str | None:
     return None
 
 
+def kept(block: str) -> bool:
+    """Whether ``block`` failed and its worker still keeps its traceback."""
+    with _lock:
+        failure = _failures.get(block)
+    return failure is not None and failure.until > time.monotonic()
+
+
 def _body_key(key: str) -> str:
     """The key of a block's body task, from its own or one of its getters' (``<body>-<name>``)."""
     with _lock:

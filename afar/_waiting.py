@@ -51,6 +51,11 @@ class Values(Results):
             values = wait_values(submission.body, submission.entry, self.timeout, submission.input)
         except BaseException as error:
             _debugging.note_raised(error, str(submission.body.key))  # for afar.debug, %debug
+            shell = _ipython.shell()
+            if shell is not None:
+                from afar._ipython.debugging import install_debugger
+
+                install_debugger(shell)
             raise
         finally:
             _close_sink(submission)

@@ -286,6 +286,9 @@ def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext afar``: register ``%afar``/``%%afar``; follow cells for live output."""
     magic = _magic_function(MAGIC_NAME, Settings())
     ipython.register_magic_function(magic, magic_kind="line_cell", magic_name=MAGIC_NAME)
+    from afar._ipython.debugging import install_debugger
+
+    install_debugger(ipython)  # %debug and %pdb on open a failed block on its worker
     if getattr(ipython, "kernel", None) is not None:
         from afar._ipython.cells import tracker_for
 

@@ -1,0 +1,308 @@
+"""Debugging a block where it runs: breakpoint() and post mortem on its worker, from here.
+
+The terminal cases run a real ``python script.py`` in a pseudo-terminal (pexpect), typing pdb
+commands as a user does; the script's client connects to this session's LocalCluster. The rest
+runs in this process, on the same cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+from distributed import Client
+
+import afar
+from afar import _debugging
+from afar._shipping import answer_input
+
+# Seconds: what a terminal shows next (a Python start and a Dask client's included).
+SHOWN_TIMEOUT = 60
+PROMPT = r"\(Pdb\) "
+
+HEADER = """\
+import sys
+import afar
+from distributed import Client
+
+client = Client(sys.argv[1])
+"""
+
+
+@pytest.fixture
+def terminal(cluster, tmp_path: Path) -> Iterator[object]:
+    """Runs a program (HEADER + its text) in a pseudo-terminal: ``terminal(text)`` -> pexpect."""
+    children = []
+
+    def start(text: str, **environment: str) -> pexpect.spawn:
+        script = tmp_path / "program.py"
+        script.write_text(HEADER + textwrap.dedent(text))
+        child = pexpect.spawn(
+            sys.executable,
+            [str(script), cluster.scheduler_address],
+            cwd=str(tmp_path),
+            env={**os.environ, **environment},
+            encoding="utf-8",
+            timeout=SHOWN_TIMEOUT,
+            dimensions=(50, 200),
+        )
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        child.close(force=True)
+
+
+def finish(child: pexpect.spawn) -> str:
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    return child.before
+
+
+def test_breakpoint_opens_pdb_on_the_worker_s_frames_in_the_terminal(terminal) -> None:
+    child = terminal(
+        """
+        x = 41
+        with afar.get("z", "pid"), remotely:
+            import os
+            y = x + 1
+            pid = os.getpid()
+            breakpoint()
+            z = y * 2
+        print("z is", z, "here", pid != __import__("os").getpid())
+        """
+    )
+    child.expect(PROMPT)
+    assert "program.py(" in child.before  # the block's own file
+    child.sendline("p x, y, os.getpid() == pid")
+    child.expect(PROMPT)
+    assert "(41, 42, True)" in child.before
+    child.sendline("ll")
+    child.expect(PROMPT)
+    assert "z = y * 2" in child.before and "y = x + 1" in child.before
+    child.sendline("w")
+    child.expect(PROMPT)
+    assert "distributed" not in child.before  # the stack starts at the block
+    child.sendline("n")  # 3.13 on stops at the breakpoint() line, earlier at the next one
+    child.expect(PROMPT)
+    child.sendline("display y")
+    child.expect(PROMPT)
+    child.sendline("c")
+    child.expect("z is 84 here True")
+    finish(child)
+
+
+def test_pdb_set_trace_and_input_read_from_the_terminal(terminal) -> None:
+    child = terminal(
+        """
+        with afar.get, remotely:
+            import pdb
+            name = input("name? ")
+            values = []
+            pdb.Pdb().set_trace()
+            values.append(name.upper())
+        print("got", values)
+        """
+    )
+    child.expect_exact("name? ")
+    child.sendline("ada")
+    child.expect(PROMPT)
+    child.sendline("p name")
+    child.expect(PROMPT)
+    assert "'ada'" in child.before
+    child.sendline("c")
+    child.expect_exact("got ['ADA']")
+    finish(child)
+
+
+def test_q_stops_the_block_and_the_next_block_runs(terminal) -> None:
+    child = terminal(
+        """
+        import bdb
+        try:
+            with afar.get, remotely:
+                breakpoint()
+                never = True
+        except bdb.BdbQuit:
+            print("quit")
+        with afar.get(timeout=30), remotely:
+            after = "ran"
+        print("after:", after)
+        """
+    )
+    child.expect(PROMPT)
+    child.sendline("q")
+    child.expect("quit")
+    child.expect("after: ran")
+    finish(child)
+
+
+def test_ctrl_c_in_the_session_stops_the_block(terminal) -> None:
+    child = terminal(
+        """
+        try:
+            with afar.get, remotely:
+                breakpoint()
+                never = True
+        except KeyboardInterrupt:
+            print("interrupted")
+        with afar.get(timeout=30), remotely:
+            after = "ran"
+        print("after:", after)
+        """
+    )
+    child.expect(PROMPT)
+    child.sendintr()
+    child.expect("interrupted")
+    child.expect("after: ran")
+    finish(child)
+
+
+def test_post_mortem_opens_the_failed_block_s_live_frames(terminal) -> None:
+    child = terminal(
+        """
+        def mean(values):
+            total = sum(values)
+            return total / (len(values) - 3)
+
+        try:
+            with afar.get, remotely:
+                data = [1, 2, 3]
+                result = mean(data)
+        except ZeroDivisionError:
+            print("failed")
+        afar.debug()
+        print("done")
+        """
+    )
+    child.expect("failed")
+    child.expect(PROMPT)
+    child.sendline("p total, values")
+    child.expect(PROMPT)
+    assert "(6, [1, 2, 3])" in child.before
+    child.sendline("u")
+    child.expect(PROMPT)
+    child.sendline("p data")
+    child.expect(PROMPT)
+    assert "[1, 2, 3]" in child.before
+    child.sendline("w")
+    child.expect(PROMPT)
+    assert "distributed" not in child.before and "run_block" not in child.before
+    child.sendline("q")
+    child.expect("done")
+    finish(child)
+
+
+def test_a_block_of_afar_run_at_a_breakpoint_says_so_and_afar_debug_opens_it(terminal) -> None:
+    child = terminal(
+        """
+        with afar.run, remotely:
+            w = 5
+            breakpoint()
+            v = w + 1
+        input("told? ")
+        afar.debug()
+        print("v is", v.result())
+        """
+    )
+    notice = r"waits at a breakpoint \(program.py:\d+\); afar.debug\(\) opens it here"
+    seen = set()
+    while len(seen) < 2:  # the program asks at once; the notice comes when the block is there
+        seen.add(child.expect([notice, r"told\? "]))
+    child.sendline("")
+    child.expect(PROMPT)
+    child.sendline("p w")
+    child.expect(PROMPT)
+    assert "5" in child.before
+    child.sendline("c")
+    child.expect("v is 6")
+    finish(child)
+
+
+# -- in this process ------------------------------------------------------------------------
+
+
+def test_debug_false_and_pythonbreakpoint_0_make_breakpoint_do_nothing(client: Client) -> None:
+    with afar.get, remotely(debug=False):
+        breakpoint()
+        passed = True
+    assert passed
+    with afar.get, remotely:
+        import os
+
+        os.environ["PYTHONBREAKPOINT"] = "0"
+        try:
+            breakpoint()
+        finally:
+            del os.environ["PYTHONBREAKPOINT"]
+        passed_too = True
+    assert passed_too
+
+
+def waiting_for_input(future) -> _debugging.BlockInput:
+    """The reads of the afar.run block of ``future`` once it has asked for a line."""
+    key = _debugging._body_key(str(future.key))
+    deadline = time.monotonic() + SHOWN_TIMEOUT
+    while time.monotonic() < deadline:
+        with _debugging._lock:
+            reads = _debugging._inputs.get(key)
+        if reads is not None and not reads._requests.empty():
+            return reads
+        time.sleep(0.05)
+    raise AssertionError("the block did not ask for input in time")
+
+
+def test_only_the_client_that_submitted_a_block_can_answer_it(client: Client, cluster) -> None:
+    with afar.run, remotely(retries=0):
+        line = input()
+    reads = waiting_for_input(line)
+    request = reads._requests.get(timeout=SHOWN_TIMEOUT)
+    with Client(cluster.scheduler_address, set_as_default=False) as other:
+        function, argument = answer_input.task(reads.block, "not its secret", request.request, "x")
+        with pytest.raises(PermissionError, match="submitted by another client"):
+            other.run(function, argument, workers=[request.worker])
+    reads._answer(request, "from its own client")
+    assert line.result(timeout=SHOWN_TIMEOUT) == "from its own client"
+
+
+def test_a_block_at_a_breakpoint_whose_client_leaves_stops_and_frees_its_worker(cluster) -> None:
+    other = Client(cluster.scheduler_address, set_as_default=False)
+    try:
+        with afar.run(client=other), remotely:
+            breakpoint()
+            never = True
+        reads = waiting_for_input(never)
+        worker = reads._requests.get(timeout=SHOWN_TIMEOUT).worker
+    finally:
+        other.close()
+    with Client(cluster.scheduler_address, set_as_default=False) as checking:
+        deadline = time.monotonic() + SHOWN_TIMEOUT
+        while time.monotonic() < deadline:
+            running = checking.run(_running_keys, workers=[worker])[worker]
+            if not running:
+                break
+            time.sleep(0.1)
+        assert not running, running
+
+
+def _running_keys() -> list[str]:
+    import sys
+
+    table = sys.__dict__.get("_afar_running_blocks_v1", {"blocks": {}})
+    return [str(key) for key in table["blocks"]]
+
+
+def test_afar_debug_with_nothing_to_debug_says_why(client: Client) -> None:
+    with pytest.raises(TypeError, match="takes a Future"):
+        afar.debug(threading)
+    with pytest.raises(afar.DebugError, match="is not a block"):
+        afar.debug(client.submit(int, 1))
