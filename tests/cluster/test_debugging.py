@@ -20,7 +20,7 @@ import pytest
 from distributed import Client
 
 import afar
-from afar import _debugging
+from afar import _debugging, remotely
 from afar._shipping import answer_input
 
 # Seconds: what a terminal shows next (a Python start and a Dask client's included).
@@ -30,6 +30,7 @@ PROMPT = r"\(Pdb\) "
 HEADER = """\
 import sys
 import afar
+from afar import remotely
 from distributed import Client
 
 client = Client(sys.argv[1])

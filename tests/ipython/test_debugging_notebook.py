@@ -45,7 +45,7 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         client.start_channels()
         try:
             client.wait_for_ready(timeout=CELL_TIMEOUT_SECONDS)
-            shown, asked = run_cell(client, SETUP, [])
+            shown, _ = run_cell(client, SETUP, [])
             assert "Error" not in shown, shown
             yield client
         finally:
