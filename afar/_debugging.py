@@ -145,6 +145,11 @@ class BlockInput:
                 )
             )
 
+    def nobody_waits(self) -> None:
+        """The caller cannot answer reads where it waits (a coroutine of an asynchronous
+        client): a read says so instead (see ``waiting_notice``)."""
+        self._waited_for = False
+
     def finished(self, future: Any = None) -> None:
         """The block is over (its Future's done-callback): nothing will read any more."""
         with _lock:
@@ -276,6 +281,11 @@ def debug(target: Any = None) -> None:
     (Pdb)
     """
     __tracebackhide__ = True
+    if target is None and _next_waiting() is not None:
+        # Every block that waits at a breakpoint (or for input), one after the other.
+        while (waiting := _next_waiting()) is not None:
+            _stopping_on_interrupt(waiting)
+        return
     block = _chosen_block(target)
     with _lock:
         waiting = _inputs.get(block) if block is not None else None
@@ -288,12 +298,15 @@ def debug(target: Any = None) -> None:
     _post_mortem(failure)
 
 
+def _next_waiting() -> BlockInput | None:
+    """The first block of this process that has asked for a line nobody answered."""
+    with _lock:
+        return next((b for b in _inputs.values() if not b._requests.empty()), None)
+
+
 def _chosen_block(target: Any) -> str | None:
     if target is None:
         with _lock:
-            waiting = [b for b in _inputs.values() if not b._requests.empty()]
-            if waiting:
-                return waiting[0].block
             return next(reversed(_failures), None) if _failures else None
     if isinstance(target, BaseException):
         return block_of(target)
@@ -320,6 +333,7 @@ def _nothing_to_debug(target: Any) -> str:
 
 def _stopping_on_interrupt(waiting: BlockInput) -> None:
     """Answer a waiting block's reads until it ends; Ctrl-C stops it."""
+    waiting._write(f"[afar] debugging the block at {waiting.label}\n")
     try:
         waiting.converse()
     except KeyboardInterrupt:

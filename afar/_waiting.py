@@ -66,11 +66,15 @@ class Values(Results):
         body, entry = submission.body, submission.entry
         try:
             if body.client.asynchronous:
+                if submission.input is not None:
+                    submission.input.nobody_waits()  # the event loop cannot wait for a line
                 values = await _values_async(body, entry, self.timeout)
             else:
                 # A synchronous client in a coroutine: its wait blocks, so it waits in a thread
                 # while the event loop goes on (a cancelled task stops the block, below).
-                values = await asyncio.to_thread(wait_values, body, entry, self.timeout)
+                values = await asyncio.to_thread(
+                    wait_values, body, entry, self.timeout, submission.input
+                )
         except BaseException:
             silence(submission.client, str(body.key))
             cancelling = body.cancel()
