@@ -1,6 +1,6 @@
 """What a user sees in JupyterLab, in a real browser (Chromium driven by Playwright).
 
-A JupyterLab server runs for this test, with the afar of this checkout; its kernels connect to a
+A JupyterLab server runs for these tests, with the afar of this checkout; its kernels connect to a
 Dask cluster that runs in this test's process, apart from them. The page is opened as a user
 would, the cells are run with Shift+Enter, and what the page shows is checked.
 """
@@ -147,6 +147,15 @@ plt.show()
 drawn = True"""
 
 
+# The notebook on show: JupyterLab restores the tabs of earlier tests (hidden, still in the page).
+SHOWN_NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+
+
+def cells(page: Any) -> Any:
+    """The cells of the notebook on show."""
+    return page.locator(f"{SHOWN_NOTEBOOK} .jp-Cell")
+
+
 def run_cell(page: Any, index: int) -> None:
     """Run a cell as a user does: click into it, Shift+Enter; wait until it has run.
 
@@ -154,7 +163,7 @@ def run_cell(page: Any, index: int) -> None:
     current widget and its kernel connects a moment after the cells show): while the prompt
     still shows "[ ]:", the keys did not reach it, and they are pressed again.
     """
-    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell = cells(page).nth(index)
     prompt = cell.locator(".jp-InputPrompt")
     deadline = time.monotonic() + SHOWN_TIMEOUT
     text = ""
@@ -183,17 +192,62 @@ def test_a_cell_s_block_plots_and_the_image_appears(lab, browser) -> None:
     notebook(home / "plots.ipynb", [SETUP, PLOT])
     page = browser.new_page()
     try:
-        page.goto(f"{address}/lab/tree/plots.ipynb?token={token}")
-        page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=START_TIMEOUT * 1000)
-        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
-            timeout=START_TIMEOUT * 1000
-        )
+        page.goto(f"{address}/lab/tree/plots.ipynb?reset&token={token}")
+        cells(page).first.wait_for(timeout=START_TIMEOUT * 1000)
+        page.locator(
+            f"{SHOWN_NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status='idle']"
+        ).wait_for(timeout=START_TIMEOUT * 1000)
         for index in range(2):
             run_cell(page, index)
-        image = page.locator(".jp-Cell").nth(1).locator(".jp-OutputArea-output img")
+        image = cells(page).nth(1).locator(".jp-OutputArea-output img")
         image.first.wait_for(timeout=SHOWN_TIMEOUT * 1000)
         box = image.first.bounding_box()
         assert box is not None and box["width"] > 100 and box["height"] > 100
     finally:
         page.screenshot(path=str(home / "plots.png"), full_page=True)  # to look at
+        page.close()
+
+
+BREAKPOINT = """\
+%%afar -g
+x = 41
+breakpoint()
+y = x + 1"""
+
+
+def answer_stdin(page: Any, cell: Any, line: str, count: int) -> None:
+    """Type ``line`` into the cell's ``count``-th input box (pdb's prompt) and press Enter."""
+    box = cell.locator(".jp-Stdin-input").nth(count - 1)
+    box.wait_for(timeout=SHOWN_TIMEOUT * 1000)
+    box.fill(line)
+    box.press("Enter")
+
+
+def test_breakpoint_in_a_cell_s_block_asks_in_the_cell(lab, browser) -> None:
+    address, home, token = lab
+    notebook(home / "debug.ipynb", [SETUP, BREAKPOINT, "print('y is', y)"])
+    page = browser.new_page()
+    try:
+        page.goto(f"{address}/lab/tree/debug.ipynb?reset&token={token}")
+        cells(page).first.wait_for(timeout=START_TIMEOUT * 1000)
+        page.locator(
+            f"{SHOWN_NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status='idle']"
+        ).wait_for(timeout=START_TIMEOUT * 1000)
+        run_cell(page, 0)
+        cell = cells(page).nth(1)
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        prompt = cell.locator(".jp-Stdin-prompt").first
+        prompt.wait_for(timeout=SHOWN_TIMEOUT * 1000)
+        assert "(Pdb)" in prompt.inner_text()
+        answer_stdin(page, cell, "p x", 1)
+        shown = cell.locator(".jp-OutputArea-output", has_text="41")
+        shown.first.wait_for(timeout=SHOWN_TIMEOUT * 1000)
+        answer_stdin(page, cell, "c", 2)
+        run_cell(page, 2)
+        cells(page).nth(2).locator(".jp-OutputArea-output", has_text="y is 42").first.wait_for(
+            timeout=SHOWN_TIMEOUT * 1000
+        )
+    finally:
+        page.screenshot(path=str(home / "debug.png"), full_page=True)  # to look at
         page.close()
