@@ -215,9 +215,14 @@ breakpoint()
 y = x + 1"""
 
 
-def answer_stdin(page: Any, cell: Any, line: str, count: int) -> None:
-    """Type ``line`` into the cell's ``count``-th input box (pdb's prompt) and press Enter."""
-    box = cell.locator(".jp-Stdin-input").nth(count - 1)
+def answer_stdin(cell: Any, line: str) -> None:
+    """Type ``line`` into the cell's open input box (pdb's prompt) and press Enter.
+
+    An answered box stays a moment, marked as hiding, before JupyterLab takes it away.
+    """
+    box = cell.locator(
+        ".jp-OutputArea-stdin-item:not(.jp-OutputArea-stdin-hiding) .jp-Stdin-input"
+    ).first
     box.wait_for(timeout=SHOWN_TIMEOUT * 1000)
     box.fill(line)
     box.press("Enter")
@@ -240,10 +245,10 @@ def test_breakpoint_in_a_cell_s_block_asks_in_the_cell(lab, browser) -> None:
         prompt = cell.locator(".jp-Stdin-prompt").first
         prompt.wait_for(timeout=SHOWN_TIMEOUT * 1000)
         assert "(Pdb)" in prompt.inner_text()
-        answer_stdin(page, cell, "p x", 1)
+        answer_stdin(cell, "p x")
         shown = cell.locator(".jp-OutputArea-output", has_text="41")
         shown.first.wait_for(timeout=SHOWN_TIMEOUT * 1000)
-        answer_stdin(page, cell, "c", 2)
+        answer_stdin(cell, "c")
         run_cell(page, 2)
         cells(page).nth(2).locator(".jp-OutputArea-output", has_text="y is 42").first.wait_for(
             timeout=SHOWN_TIMEOUT * 1000
