@@ -31,7 +31,7 @@ from typing import Any
 
 from afar._shipping import answer_input, post_mortem
 from afar._sinks import Sink
-from afar._stream import router_for
+from afar._stream import router_for, silence
 from afar._worker.output import STDERR, stream_identity
 from afar._worker.protocol import INPUT, KEPT_FAILURE
 from afar.errors import DebugError
@@ -332,25 +332,49 @@ def _nothing_to_debug(target: Any) -> str:
 
 
 def _stopping_on_interrupt(waiting: BlockInput) -> None:
-    """Answer a waiting block's reads until it ends; Ctrl-C stops it."""
+    """Answer a waiting block's reads until it ends; Ctrl-C stops it.
+
+    In a notebook the block's output follows the session into this cell, where its prompts are.
+    """
+    _needs_synchronous(waiting.client, waiting.label)
+    sink = _cell_sink(waiting.label)
+    if sink is not None:
+        router_for(waiting.client).register(waiting.block, sink)
+        waiting.sink = sink
     waiting._write(f"[afar] debugging the block at {waiting.label}\n")
     try:
         waiting.converse()
     except KeyboardInterrupt:
         from distributed import Future
 
+        silence(waiting.client, waiting.block)
         Future(waiting.block, waiting.client).cancel()
         raise
+
+
+def _needs_synchronous(client: Any, label: str) -> None:
+    if getattr(client, "asynchronous", False):
+        raise DebugError(
+            f"the block at {label} was submitted by an asynchronous client: afar.debug answers "
+            "with the synchronous Client.run, which such a client does not offer. Debug with a "
+            "synchronous client, or stop the block (its timeout, cancelling it)"
+        )
 
 
 def _post_mortem(failure: KeptFailure) -> None:
     client = failure.client()
     if client is None or client.status in ("closed", "closing"):
         raise DebugError(f"the client of the block at {failure.label} is closed")
+    _needs_synchronous(client, failure.label)
     if failure.until <= time.monotonic():
         raise DebugError(
             f"the traceback of the block at {failure.label} is not kept any more: its worker "
             f"lets it go after {KEEP_SECONDS_KEY!r} seconds"
+        )
+    if failure.worker not in client.scheduler_info().get("workers", {}):
+        raise DebugError(
+            f"the worker of the block at {failure.label} ({failure.worker}) has left the "
+            "cluster, and its traceback with it"
         )
     router = router_for(client)
     key = f"afar-debug-{failure.block}-{os.urandom(4).hex()}"

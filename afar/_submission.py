@@ -182,10 +182,39 @@ class Submission:
                 client, key, block.label, secret, sink, waited_for=waits
             )
             router.listen(key, self.input.on_item)
-            debugging = (secret, location.debug, _debugging.keep_seconds())
-        else:
-            debugging = ("", False, 0.0)
-        body = _remote.submit_block(
+        try:
+            body = self._submit(client, block, packed, futures, stream, key, sink, values)
+        except BaseException:
+            if self.input is not None:
+                self.input.finished()  # nothing will read: the block was not sent
+            raise
+        if self.input is not None:
+            body.add_done_callback(self.input.finished)
+        _track(self.pending, entry, body, futures, router, sink, results.reports_failures)
+        self.sink = sink
+        results.sent(self, body)
+        self.body = body
+        return body
+
+    def _submit(
+        self,
+        client: Any,
+        block: Any,
+        packed: bytes,
+        futures: dict[str, Any],
+        stream: Any,
+        key: str,
+        sink: Sink | None,
+        values: dict[str, Any],
+    ) -> Future:
+        entry, location, results, outgoing = self.entry, self.location, self.results, self.outgoing
+        limit = location.timeout
+        debugging = (
+            (self.input.secret, location.debug, _debugging.keep_seconds())
+            if self.input is not None
+            else ("", False, 0.0)
+        )
+        return _remote.submit_block(
             client,
             block,
             packed,
@@ -202,13 +231,6 @@ class Submission:
             _plots.plotting_for(block, values, sink is not None),
             debugging,
         )
-        if self.input is not None:
-            body.add_done_callback(self.input.finished)
-        _track(self.pending, entry, body, futures, router, sink, results.reports_failures)
-        self.sink = sink
-        results.sent(self, body)
-        self.body = body
-        return body
 
 
 def _refuse_ipython_syntax(block: Any, values: Mapping[str, Any]) -> None:

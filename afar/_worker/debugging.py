@@ -49,7 +49,7 @@ _get_ident = threading.get_ident
 
 
 def _root() -> Any:
-    root = sys.modules.get(_ROOT_NAME)
+    root: Any = sys.modules.get(_ROOT_NAME)
     if root is None:
         fresh = types.ModuleType(_ROOT_NAME, "afar: per-process input routing state")
         fresh.lock = threading.Lock()  # type: ignore[attr-defined]
@@ -132,7 +132,7 @@ class _StdinRouter:
         session = self._afar_sessions.get(_get_ident())
         if session is None:
             return self._inner_stream().read(size)
-        parts = []
+        parts: list[str] = []
         while True:
             line = session.readline()
             if not line:
@@ -217,7 +217,7 @@ def install_input() -> None:
 
 def remove_input() -> None:
     """Undo one ``install_input``; the last one takes the routers out (if still in front)."""
-    root = sys.modules.get(_ROOT_NAME)
+    root: Any = sys.modules.get(_ROOT_NAME)
     if root is None:
         return
     with root.lock:
@@ -227,9 +227,9 @@ def remove_input() -> None:
         if root.installs or root.sessions:
             return
         if sys.stdin is root.stdin:
-            sys.stdin = root.stdin._afar_inner
+            sys.stdin = root.stdin._afar_inner  # type: ignore[union-attr]
         if sys.breakpointhook is root.hook:
-            sys.breakpointhook = root.hook._afar_previous
+            sys.breakpointhook = root.hook._afar_previous  # type: ignore[attr-defined]
         root.stdin = root.hook = None
 
 
@@ -277,7 +277,7 @@ def answer(block: str, secret: str, request: int, line: str | None) -> bool:
 
     False: no such block reads input here (it has ended, or was stopped). Refuses a wrong secret.
     """
-    root = sys.modules.get(_ROOT_NAME)
+    root: Any = sys.modules.get(_ROOT_NAME)
     session = None if root is None else root.blocks.get(block)
     if session is None:
         return False
@@ -288,15 +288,19 @@ def answer(block: str, secret: str, request: int, line: str | None) -> bool:
 
 
 class Failure:
-    """A failed block's traceback, kept on its worker for a post-mortem until ``until``."""
+    """A failed block's traceback, kept on its worker for a post-mortem until ``until``.
 
-    __slots__ = ("block", "error", "filename", "label", "secret", "until")
+    The traceback as it was when the block's error left it: the frames the error goes through
+    after that (Dask's, on its way to the scheduler) are not part of it.
+    """
+
+    __slots__ = ("block", "filename", "label", "secret", "traceback", "until")
 
     def __init__(
-        self, block: str, secret: str, label: str, filename: str, error: BaseException, until: float
+        self, block: str, secret: str, label: str, filename: str, traceback: Any, until: float
     ) -> None:
         self.block, self.secret, self.label, self.filename = block, secret, label, filename
-        self.error, self.until = error, until
+        self.traceback, self.until = traceback, until
 
 
 def keep_failure(
@@ -318,7 +322,7 @@ def keep_failure(
         return
     root = _root()
     until = time.monotonic() + seconds
-    root.failures[topic] = Failure(block, secret, label, filename, error, until)
+    root.failures[topic] = Failure(block, secret, label, filename, error.__traceback__, until)
     _forget_expired(root)
     timer = threading.Timer(seconds, _forget_expired, (root,))
     timer.daemon = True
@@ -335,7 +339,7 @@ def _forget_expired(root: Any) -> None:
 
 def kept_failure(topic: str, block: str, secret: str) -> Failure | str:
     """The kept failure of ``block``, or why there is none to debug (a sentence)."""
-    root = sys.modules.get(_ROOT_NAME)
+    root: Any = sys.modules.get(_ROOT_NAME)
     failure = None if root is None else root.failures.get(topic)
     if failure is not None and failure.until <= time.monotonic():
         root.failures.pop(topic, None)
@@ -351,7 +355,7 @@ def kept_failure(topic: str, block: str, secret: str) -> Failure | str:
 
 
 def forget_failure(topic: str, block: str) -> None:
-    root = sys.modules.get(_ROOT_NAME)
+    root: Any = sys.modules.get(_ROOT_NAME)
     failure = None if root is None else root.failures.get(topic)
     if failure is not None and failure.block == block:
         del root.failures[topic]
@@ -377,7 +381,7 @@ def post_mortem(topic: str, block: str, secret: str, client_streams: Any) -> str
                 return "this worker cannot send a session's output (afar's plugin is not on it)"
             import pdb
 
-            pdb.post_mortem(_from_block(failure.error.__traceback__, failure.filename))
+            pdb.post_mortem(_from_block(failure.traceback, failure.filename))
     return None
 
 

@@ -7,6 +7,7 @@ runs in this process, on the same cluster.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import textwrap
@@ -15,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask.config
 import pexpect
 import pytest
 from distributed import Client
@@ -307,3 +309,27 @@ def test_afar_debug_with_nothing_to_debug_says_why(client: Client) -> None:
         afar.debug(threading)
     with pytest.raises(afar.DebugError, match="is not a block"):
         afar.debug(client.submit(int, 1))
+
+
+def test_afar_debug_of_a_failed_afar_run_block_opens_its_frames(
+    client: Client, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with afar.run, remotely:
+        values = [1, 2]
+        failed = sum(values) / 0
+    with pytest.raises(ZeroDivisionError):
+        failed.result(timeout=SHOWN_TIMEOUT)
+    # The session's lines, as a terminal would type them.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("p values\nq\n"))
+    afar.debug(failed)
+    shown = capsys.readouterr().out
+    assert "[1, 2]" in shown and "ZeroDivisionError" not in shown.split("(Pdb)")[-1]
+
+
+def test_a_failed_block_is_not_kept_with_keep_seconds_0(client: Client) -> None:
+    with dask.config.set({"afar.debug-keep-seconds": 0}), afar.run, remotely:
+        lost = 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        lost.result(timeout=SHOWN_TIMEOUT)
+    with pytest.raises(afar.DebugError, match="is not a block"):
+        afar.debug(lost)
