@@ -57,11 +57,18 @@ def terminal(cluster, tmp_path: Path) -> Iterator[object]:
             dimensions=(50, 200),
         )
         children.append(child)
+        child.program = script.read_text()
         return child
 
     yield start
     for child in children:
         child.close(force=True)
+
+
+def line_of(child: pexpect.spawn, text: str) -> int:
+    """The number of the program's first line holding ``text``."""
+    lines = child.program.splitlines()
+    return next(number for number, line in enumerate(lines, 1) if text in line)
 
 
 def finish(child: pexpect.spawn) -> str:
@@ -231,7 +238,87 @@ def test_a_block_of_afar_run_at_a_breakpoint_says_so_and_afar_debug_opens_it(ter
     finish(child)
 
 
+def test_two_blocks_at_breakpoints_are_taken_one_after_the_other(terminal) -> None:
+    child = terminal(
+        """
+        with afar.run, remotely:
+            first = 1
+            breakpoint()
+            one = first
+        with afar.run, remotely:
+            second = 2
+            breakpoint()
+            two = second
+        input("told? ")
+        afar.debug()
+        print("results", one.result(), two.result())
+        """
+    )
+    notice = r"waits at a breakpoint \(program.py:\d+\); afar.debug\(\) opens it here"
+    seen = []
+    while len(seen) < 3:  # two notices and the program's question, in any order
+        seen.append(child.expect([notice, r"told\? "]))
+    assert sorted(seen) == [0, 0, 1]
+    child.sendline("")
+    names = []
+    for _ in range(2):
+        child.expect(r"debugging the block at program.py:(\d+)")
+        names.append(child.match.group(1))
+        child.expect(PROMPT)
+        child.sendline("p [name for name in ('first', 'second') if name in dir()]")
+        child.expect(PROMPT)
+        child.sendline("c")
+    first, second = line_of(child, "first = 1") - 1, line_of(child, "second = 2") - 1
+    assert sorted(names, key=int) == [str(first), str(second)]
+    child.expect(r"results 1 2")
+    finish(child)
+
+
+def test_interact_and_a_breakpoint_set_in_the_session_work_on_the_worker(terminal) -> None:
+    child = terminal(
+        """
+        with afar.get, remotely:
+            total = 0
+            breakpoint()
+            for step in range(3):
+                total += step
+            done = total
+        print("done", done)
+        """
+    )
+    child.expect(PROMPT)
+    child.sendline(f"b {line_of(child, 'total += step')}")
+    child.expect(PROMPT)
+    child.sendline("c")
+    child.expect(PROMPT)
+    child.sendline("p step, total")
+    child.expect(PROMPT)
+    assert "(0, 0)" in child.before
+    child.sendline("interact")
+    child.expect(">>> ")
+    child.sendline("print('in', step + 40)")
+    child.expect("in 40")
+    child.expect(">>> ")
+    child.sendeof()
+    child.expect(PROMPT)
+    child.sendline("clear")
+    child.expect_exact("Clear all breaks? ")  # pdb's own question, asked here too
+    child.sendline("y")
+    child.expect(PROMPT)
+    child.sendline("c")
+    child.expect("done 3")
+    finish(child)
+
+
 # -- in this process ------------------------------------------------------------------------
+
+
+def test_a_block_at_a_breakpoint_still_stops_at_its_time_limit(client: Client) -> None:
+    with afar.run, remotely(timeout=1):
+        breakpoint()
+        never = True
+    with pytest.raises(TimeoutError, match=r"1 s|limit"):
+        never.result(timeout=SHOWN_TIMEOUT)
 
 
 def test_debug_false_and_pythonbreakpoint_0_make_breakpoint_do_nothing(client: Client) -> None:

@@ -30,18 +30,22 @@ client = Client(os.environ["AFAR_TEST_SCHEDULER"])
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A kernel connected to a cluster of this process: its blocking client."""
+    """A kernel connected to a cluster of this process: its blocking client.
+
+    The worker has ONE thread: a block left running would make the next cell's block wait.
+    """
     home = tmp_path_factory.mktemp("debugging-kernel")
     install_kernel(home)
     with (
         LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0"
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         kernel_environment(home, AFAR_TEST_SCHEDULER=cluster.scheduler_address),
     ):
         manager = KernelManager(kernel_name=KERNEL_NAME)
         manager.start_kernel(cwd=str(home))
         client = manager.client()
+        client.manager = manager  # for the interrupt, as JupyterLab's stop button sends it
         client.start_channels()
         try:
             client.wait_for_ready(timeout=CELL_TIMEOUT_SECONDS)
@@ -53,8 +57,10 @@ def kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             manager.shutdown_kernel(now=True)
 
 
-def run_cell(client: Any, code: str, answers: list[str]) -> tuple[str, list[str]]:
+def run_cell(client: Any, code: str, answers: list[str | None]) -> tuple[str, list[str]]:
     """Execute ``code`` as a cell, answering its input requests with ``answers`` in turn.
+
+    An answer of None interrupts the kernel instead, as the notebook's stop button does.
 
     Returns the text the cell showed (its streams and errors) and the prompts it asked with.
     Every message must belong to the cell (its parent): output and input name the cell.
@@ -75,7 +81,11 @@ def run_cell(client: Any, code: str, answers: list[str]) -> tuple[str, list[str]
             assert request["parent_header"].get("msg_id") == msg_id
             prompts.append(request["content"]["prompt"])
             assert answers, f"an input request nobody expected: {prompts[-1]!r} {''.join(shown)}"
-            client.input(answers.pop(0))
+            answer = answers.pop(0)
+            if answer is None:
+                client.manager.interrupt_kernel()
+            else:
+                client.input(answer)
         while True:
             try:
                 message = client.get_iopub_msg(timeout=0.01)
@@ -151,3 +161,17 @@ def test_with_pdb_on_a_failed_block_opens_pdb_at_once(kernel: Any) -> None:
     assert "ValueError" in shown
     assert prompts == ["(Pdb) ", "(Pdb) "]
     assert "\n3\n" in shown
+
+
+def test_the_interrupt_in_a_session_stops_the_block(kernel: Any) -> None:
+    shown, prompts = run_cell(
+        kernel, "with afar.get, remotely:\n    breakpoint()\n    never = 1", ["p 1 + 1", None]
+    )
+    assert prompts == ["(Pdb) ", "(Pdb) "]
+    assert "KeyboardInterrupt" in shown
+    shown, _ = run_cell(
+        kernel,
+        "with afar.get(timeout=30), remotely:\n    after = 2\nprint('never' in globals(), after)",
+        [],
+    )
+    assert "False 2" in shown
