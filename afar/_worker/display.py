@@ -79,18 +79,23 @@ def library_bundle(value: Any) -> dict[str, Any] | None:
     through the BokehJS a notebook loads with ``output_notebook()``, which the worker cannot
     see: the plot is sent as a page fragment with BokehJS inline. altair's default renderer
     outside a notebook gives HTML that loads Vega from the web: the chart's Vega-Lite spec under
-    its MIME type is what JupyterLab renders itself.
+    its MIME type is what JupyterLab renders itself (JupyterLab 4 knows Vega-Lite 3 to 5; altair
+    6 writes Vega-Lite 6, also sent under v5's type).
     """
     module = type(value).__module__ or ""
     try:
         if module.startswith("altair.") and hasattr(value, "to_dict"):
             import altair
 
-            major = str(altair.SCHEMA_VERSION).lstrip("v").split(".")[0]
-            return {
-                f"application/vnd.vegalite.v{major}+json": value.to_dict(),
-                "text/plain": _plain_repr(value),
-            }
+            major = int(str(altair.SCHEMA_VERSION).lstrip("v").split(".")[0])
+            spec = value.to_dict()
+            bundle = {f"application/vnd.vegalite.v{major}+json": spec}
+            if major > 5:
+                # JupyterLab 4 renders Vega-Lite 3 to 5: a newer spec goes under v5's type too
+                # (what a simple chart needs reads the same), for a JupyterLab without v6.
+                bundle["application/vnd.vegalite.v5+json"] = spec
+            bundle["text/plain"] = _plain_repr(value)
+            return bundle
         if module.startswith("plotly.") and hasattr(value, "to_plotly_json"):
             import plotly.io
 

@@ -256,3 +256,44 @@ def test_breakpoint_in_a_cell_s_block_asks_in_the_cell(lab, browser) -> None:
     finally:
         page.screenshot(path=str(home / "debug.png"), full_page=True)  # to look at
         page.close()
+
+
+LIBRARIES = [
+    "%%afar -g\nimport plotly.express as px\npx.line(x=[1, 2, 3], y=[1, 4, 9])",
+    "%%afar -g\nimport altair as alt\nimport pandas as pd\n"
+    "alt.Chart(pd.DataFrame({'a': [1, 2], 'b': [3, 4]})).mark_bar().encode(x='a:O', y='b')",
+    # A bokeh figure cannot be pickled: the block shows it and saves nothing of it.
+    "%%afar -g\ndef line():\n    from bokeh.plotting import figure\n\n"
+    "    plot = figure(width=300, height=200)\n"
+    "    plot.line([1, 2, 3], [1, 4, 9])\n"
+    "    return plot\n"
+    "line()",
+]
+# What each library's renderer draws in the page once the figure has rendered.
+RENDERED = ["svg.main-svg", ".vega-embed svg, .vega-embed canvas", "canvas"]
+
+
+def test_plotly_altair_and_bokeh_figures_of_a_block_render(lab, browser) -> None:
+    address, home, token = lab
+    notebook(home / "libraries.ipynb", [SETUP, *LIBRARIES])
+    page = browser.new_page()
+    try:
+        page.goto(f"{address}/lab/tree/libraries.ipynb?reset&token={token}")
+        cells(page).first.wait_for(timeout=START_TIMEOUT * 1000)
+        page.locator(
+            f"{SHOWN_NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status='idle']"
+        ).wait_for(timeout=START_TIMEOUT * 1000)
+        for index in range(len(LIBRARIES) + 1):
+            run_cell(page, index)
+        for index, drawn in enumerate(RENDERED, 1):
+            output = cells(page).nth(index).locator(".jp-OutputArea-output")
+            try:
+                drawing = output.locator(drawn).first
+                drawing.wait_for(state="attached", timeout=SHOWN_TIMEOUT * 1000)
+                box = output.first.bounding_box()
+                assert box is not None and box["width"] > 100 and box["height"] > 100, drawn
+            finally:
+                cells(page).nth(index).screenshot(path=str(home / f"library-{index}.png"))
+    finally:
+        page.screenshot(path=str(home / "libraries.png"), full_page=True)  # to look at
+        page.close()
