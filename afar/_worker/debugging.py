@@ -324,9 +324,15 @@ def keep_failure(
     until = time.monotonic() + seconds
     root.failures[topic] = Failure(block, secret, label, filename, error.__traceback__, until)
     _forget_expired(root)
-    timer = threading.Timer(seconds, _forget_expired, (root,))
-    timer.daemon = True
-    timer.start()
+    try:
+        from distributed import get_worker
+
+        loop = get_worker().loop
+        # A timer on the worker's event loop, not a thread per failure (add_callback is the
+        # thread-safe way onto the loop).
+        loop.add_callback(loop.call_later, seconds, _forget_expired, root)
+    except Exception:
+        pass  # let go at the next failure or post-mortem of this process instead
     emitter.send(KEPT_FAILURE, {"seconds": seconds})
 
 

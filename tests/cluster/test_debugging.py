@@ -420,3 +420,25 @@ def test_a_failed_block_is_not_kept_with_keep_seconds_0(client: Client) -> None:
         lost.result(timeout=SHOWN_TIMEOUT)
     with pytest.raises(afar.DebugError, match="is not a block"):
         afar.debug(lost)
+
+
+def _kept_failures() -> int:
+    import sys
+
+    root = sys.modules.get("_afar_input_v1")
+    return 0 if root is None else len(root.failures)
+
+
+def test_a_failed_block_s_frames_are_let_go_after_keep_seconds(client: Client) -> None:
+    with dask.config.set({"afar.debug-keep-seconds": 0.5}), afar.run, remotely:
+        short = 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        short.result(timeout=SHOWN_TIMEOUT)
+    deadline = time.monotonic() + SHOWN_TIMEOUT
+    while time.monotonic() < deadline:  # the worker's timer lets them go
+        if not any(client.run(_kept_failures).values()):
+            break
+        time.sleep(0.1)
+    assert not any(client.run(_kept_failures).values())
+    with pytest.raises(afar.DebugError, match="not kept any more"):
+        afar.debug(short)
