@@ -158,14 +158,15 @@ class BlockInput:
         self._requests.put(_DONE)
 
     # -- in the thread that waits ------------------------------------------------------------
-    def converse(self, timeout: float | None = None) -> None:
-        """Answer the block's reads in this thread until it is over.
+    def converse(self, timeout: float | None = None) -> int:
+        """Answer the block's reads in this thread until it is over; how many it answered.
 
         Raises TimeoutError when it is not over within ``timeout`` seconds; KeyboardInterrupt
         (Ctrl-C, the notebook's interrupt) as it comes, for the caller to stop the block.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         self._waited_for = True
+        answered = 0
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
@@ -174,8 +175,9 @@ class BlockInput:
                 raise TimeoutError(f"the block at {self.label} did not finish in time") from None
             if item is _DONE:
                 self._requests.put(_DONE)  # for whoever waits next
-                return
+                return answered
             self._answer(item, read_line(item.prompt))
+            answered += 1
 
     def _answer(self, request: Request, line: str | None) -> None:
         function, argument = answer_input.task(self.block, self.secret, request.request, line)
@@ -290,12 +292,11 @@ def debug(target: Any = None) -> None:
     with _lock:
         waiting = _inputs.get(block) if block is not None else None
         failure = _failures.get(block) if block is not None else None
-    if waiting is not None:
-        _stopping_on_interrupt(waiting)
+    if failure is not None:  # it failed (its Future may not have said so here yet)
+        _post_mortem(failure)
         return
-    if failure is None:
+    if waiting is None or not _stopping_on_interrupt(waiting):
         raise DebugError(_nothing_to_debug(target))
-    _post_mortem(failure)
 
 
 def _next_waiting() -> BlockInput | None:
@@ -331,8 +332,8 @@ def _nothing_to_debug(target: Any) -> str:
     )
 
 
-def _stopping_on_interrupt(waiting: BlockInput) -> None:
-    """Answer a waiting block's reads until it ends; Ctrl-C stops it.
+def _stopping_on_interrupt(waiting: BlockInput) -> bool:
+    """Answer a waiting block's reads until it ends; Ctrl-C stops it. False: it read nothing.
 
     In a notebook the block's output follows the session into this cell, where its prompts are.
     """
@@ -341,9 +342,12 @@ def _stopping_on_interrupt(waiting: BlockInput) -> None:
     if sink is not None:
         router_for(waiting.client).register(waiting.block, sink)
         waiting.sink = sink
-    waiting._write(f"[afar] debugging the block at {waiting.label}\n")
+    if waiting._requests.empty():
+        waiting._write(f"[afar] waiting for the block at {waiting.label}\n")
+    else:
+        waiting._write(f"[afar] debugging the block at {waiting.label}\n")
     try:
-        waiting.converse()
+        return waiting.converse() > 0
     except KeyboardInterrupt:
         from distributed import Future
 

@@ -24,6 +24,7 @@ from distributed import Client
 import afar
 from afar import _debugging, remotely
 from afar._shipping import answer_input
+from afar._stream import topic_for
 
 # Seconds: what a terminal shows next (a Python start and a Dask client's included).
 SHOWN_TIMEOUT = 60
@@ -422,11 +423,12 @@ def test_a_failed_block_is_not_kept_with_keep_seconds_0(client: Client) -> None:
         afar.debug(lost)
 
 
-def _kept_failures() -> int:
+def _kept_failure(topic: str, block: str) -> bool:
     import sys
 
     root = sys.modules.get("_afar_input_v1")
-    return 0 if root is None else len(root.failures)
+    failure = None if root is None else root.failures.get(topic)
+    return failure is not None and failure.block == block
 
 
 def test_a_failed_block_s_frames_are_let_go_after_keep_seconds(client: Client) -> None:
@@ -436,9 +438,9 @@ def test_a_failed_block_s_frames_are_let_go_after_keep_seconds(client: Client) -
         short.result(timeout=SHOWN_TIMEOUT)
     deadline = time.monotonic() + SHOWN_TIMEOUT
     while time.monotonic() < deadline:  # the worker's timer lets them go
-        if not any(client.run(_kept_failures).values()):
+        if not any(client.run(_kept_failure, topic_for(client), short.key).values()):
             break
         time.sleep(0.1)
-    assert not any(client.run(_kept_failures).values())
+    assert not any(client.run(_kept_failure, topic_for(client), short.key).values())
     with pytest.raises(afar.DebugError, match="not kept any more"):
         afar.debug(short)
