@@ -7,9 +7,15 @@ runs in this process, on the same cluster.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import pty
+import signal
+import struct
+import subprocess
 import sys
+import termios
 import textwrap
 import threading
 import time
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import dask.config
 import pexpect
+import pexpect.fdpexpect
 import pytest
 from distributed import Client
 
@@ -40,42 +47,72 @@ client = Client(sys.argv[1])
 """
 
 
+class Terminal(pexpect.fdpexpect.fdspawn):
+    """A program on a pseudo-terminal, read and typed into through its leader side (pexpect).
+
+    The program is started with ``subprocess`` (fork and exec in C): ``pexpect.spawn`` forks
+    in Python, which in a process with threads (this one runs a Dask client) Python 3.12 on
+    warns may deadlock the child.
+    """
+
+    process: subprocess.Popen[bytes]
+    program: str
+
+    def sendintr(self) -> None:
+        """Ctrl-C: the terminal sends SIGINT to the program's process group."""
+        os.killpg(self.process.pid, signal.SIGINT)
+
+    def sendeof(self) -> None:
+        """Ctrl-D at the start of a line: the end of input."""
+        self.send("\x04")
+
+
 @pytest.fixture
 def terminal(cluster, tmp_path: Path) -> Iterator[object]:
-    """Runs a program (HEADER + its text) in a pseudo-terminal: ``terminal(text)`` -> pexpect."""
-    children = []
+    """Runs a program (HEADER + its text) in a pseudo-terminal: ``terminal(text)`` -> Terminal."""
+    started: list[Terminal] = []
 
-    def start(text: str, **environment: str) -> pexpect.spawn:
+    def start(text: str, **environment: str) -> Terminal:
         script = tmp_path / "program.py"
         script.write_text(HEADER + textwrap.dedent(text))
-        child = pexpect.spawn(
-            sys.executable,
-            [str(script), cluster.scheduler_address],
-            cwd=str(tmp_path),
+        leader, follower = pty.openpty()
+        termios_size = struct.pack("HHHH", 50, 200, 0, 0)
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, termios_size)
+        process = subprocess.Popen(
+            [sys.executable, str(script), cluster.scheduler_address],
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+            cwd=tmp_path,
             env={**os.environ, **environment},
-            encoding="utf-8",
-            timeout=SHOWN_TIMEOUT,
-            dimensions=(50, 200),
+            start_new_session=True,  # its own process group, as a shell's foreground job
         )
-        children.append(child)
-        child.program = script.read_text()
+        os.close(follower)
+        child = Terminal(leader, encoding="utf-8", timeout=SHOWN_TIMEOUT)
+        child.process, child.program = process, script.read_text()
+        started.append(child)
         return child
 
     yield start
-    for child in children:
-        child.close(force=True)
+    for child in started:
+        if child.process.poll() is None:
+            child.process.kill()
+        child.process.wait(SHOWN_TIMEOUT)
+        try:
+            os.close(child.child_fd)
+        except OSError:
+            pass
 
 
-def line_of(child: pexpect.spawn, text: str) -> int:
+def line_of(child: Terminal, text: str) -> int:
     """The number of the program's first line holding ``text``."""
     lines = child.program.splitlines()
     return next(number for number, line in enumerate(lines, 1) if text in line)
 
 
-def finish(child: pexpect.spawn) -> str:
+def finish(child: Terminal) -> str:
     child.expect(pexpect.EOF)
-    child.close()
-    assert child.exitstatus == 0, child.before
+    assert child.process.wait(SHOWN_TIMEOUT) == 0, child.before
     return child.before
 
 
