@@ -26,6 +26,7 @@ import dask.config
 import pexpect
 import pexpect.fdpexpect
 import pytest
+from _on_worker import kept_failure, running_keys
 from distributed import Client
 
 import afar
@@ -415,18 +416,11 @@ def test_a_block_at_a_breakpoint_whose_client_leaves_stops_and_frees_its_worker(
     with Client(cluster.scheduler_address, set_as_default=False) as checking:
         deadline = time.monotonic() + SHOWN_TIMEOUT
         while time.monotonic() < deadline:
-            running = checking.run(_running_keys, workers=[worker])[worker]
+            running = checking.run(running_keys, workers=[worker])[worker]
             if not running:
                 break
             time.sleep(0.1)
         assert not running, running
-
-
-def _running_keys() -> list[str]:
-    import sys
-
-    table = sys.__dict__.get("_afar_running_blocks_v1", {"blocks": {}})
-    return [str(key) for key in table["blocks"]]
 
 
 def test_afar_debug_with_nothing_to_debug_says_why(client: Client) -> None:
@@ -460,14 +454,6 @@ def test_a_failed_block_is_not_kept_with_keep_seconds_0(client: Client) -> None:
         afar.debug(lost)
 
 
-def _kept_failure(topic: str, block: str) -> bool:
-    import sys
-
-    root = sys.modules.get("_afar_input_v1")
-    failure = None if root is None else root.failures.get(topic)
-    return failure is not None and failure.block == block
-
-
 def test_a_failed_block_s_frames_are_let_go_after_keep_seconds(client: Client) -> None:
     with dask.config.set({"afar.debug-keep-seconds": 0.5}), afar.run, remotely:
         short = 1 / 0
@@ -475,9 +461,9 @@ def test_a_failed_block_s_frames_are_let_go_after_keep_seconds(client: Client) -
         short.result(timeout=SHOWN_TIMEOUT)
     deadline = time.monotonic() + SHOWN_TIMEOUT
     while time.monotonic() < deadline:  # the worker's timer lets them go
-        if not any(client.run(_kept_failure, topic_for(client), short.key).values()):
+        if not any(client.run(kept_failure, topic_for(client), short.key).values()):
             break
         time.sleep(0.1)
-    assert not any(client.run(_kept_failure, topic_for(client), short.key).values())
+    assert not any(client.run(kept_failure, topic_for(client), short.key).values())
     with pytest.raises(afar.DebugError, match="not kept any more"):
         afar.debug(short)
