@@ -14,6 +14,7 @@ import itertools
 import pickle
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -339,7 +340,12 @@ def run_block(packed: bytes, payload: bytes, futures: dict[str, Any], settings: 
                     error = scope
                     if isinstance(error, stop_error):
                         # Let go of the block's frames (and the Futures they hold, which cancels
-                        # the work they started) now, not after ``rejoin`` below, which may wait.
+                        # the work they started) now, not after ``rejoin`` below, which may wait:
+                        # their locals are cleared, whatever cycle holds the frames (on 3.13 one
+                        # did, until the collector ran seconds later), and a module-level
+                        # block's namespace is emptied.
+                        traceback.clear_frames(error.__traceback__)
+                        namespace.clear()
                         del error, scope
                         plots.discard()  # a stopped block's figures are closed, not sent
                         return running.timed_out() if running.reason == "timeout" else None
