@@ -63,8 +63,16 @@ def keep_seconds() -> float:
     return max(0.0, seconds)
 
 
-def new_secret() -> str:
-    return secrets.token_hex(16)
+_secrets: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def secret_of(client: Any) -> str:
+    """The random secret of ``client``'s blocks: only this process knows it (one per client,
+    made on its first block; other clients of the scheduler do not have it)."""
+    secret = _secrets.get(client)
+    if secret is None:
+        secret = _secrets.setdefault(client, secrets.token_hex(16))
+    return secret
 
 
 @dataclass(frozen=True)

@@ -177,9 +177,8 @@ class Submission:
                 router.register(key, sink)
             # else the default sink; the router still forgets the block when it finishes
             # Its input() and breakpoint() read from here (afar._debugging).
-            secret = _debugging.new_secret()
             self.input = _debugging.BlockInput(
-                client, key, block.label, secret, sink, waited_for=waits
+                client, key, block.label, _debugging.secret_of(client), sink, waited_for=waits
             )
             router.listen(key, self.input.on_item)
         try:
@@ -188,9 +187,9 @@ class Submission:
             if self.input is not None:
                 self.input.finished()  # nothing will read: the block was not sent
             raise
-        if self.input is not None:
-            body.add_done_callback(self.input.finished)
-        _track(self.pending, entry, body, futures, router, sink, results.reports_failures)
+        _track(
+            self.pending, entry, body, futures, router, sink, results.reports_failures, self.input
+        )
         self.sink = sink
         results.sent(self, body)
         self.body = body
@@ -383,10 +382,12 @@ def _track(
     router: OutputRouter | None,
     sink: Sink | None,
     report: bool,
+    reads: _debugging.BlockInput | None = None,
 ) -> None:
     """Hold the body's Future until it finishes: a block runs even if nobody keeps a name.
 
-    When it finishes: forget its sink; with afar.run, report a failure nobody may wait for.
+    When it finishes: nothing reads its input any more; forget its sink; with afar.run, report
+    a failure nobody may wait for.
     """
     with pending.lock:
         pending.futures.add(body)
@@ -396,6 +397,8 @@ def _track(
     input_futures = {name: list(_remote.futures_in(value)) for name, value in inputs.items()}
 
     def done(future: Future) -> None:
+        if reads is not None:
+            reads.finished()  # first: a caller waiting in afar.get goes on at once
         with pending.lock:
             pending.futures.discard(future)
         if router is not None:
