@@ -12,7 +12,10 @@ names by value too).
 - ``output``: redirects the block's prints into Dask events, batched by the pure
   ``batching.Batcher`` in the layout of ``protocol`` (which the client side reads too);
 - ``progress``: reports the Dask work a block starts;
-- ``importer``: imports the user's own modules sent from the client, from memory.
+- ``importer``: imports the user's own modules sent from the client, from memory;
+- ``kept``: a large input's copy on the worker, and each block's own lease of it;
+- ``plots``: the workers' pyplot backend, which sends a block's figures;
+- ``debugging``: a block's stdin and ``breakpoint()`` read from its client, kept failures.
 
 This file stays empty of code: it is shipped by value with the rest.
 """
