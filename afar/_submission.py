@@ -354,7 +354,11 @@ def _hold_while_wanted(
             if len(gone) < count or future is None or future not in pending.futures:
                 return
             pending.futures.discard(future)
-        future.release()
+        if not future.done():
+            # Still running: releasing it now is what stops it. A finished block is let go
+            # when its last reference goes, after its done-callback (see _track): released
+            # here, its state would read "cancelled" there, as if it had been stopped.
+            future.release()
         for watcher in watchers:
             watcher.release()
 
