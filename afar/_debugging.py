@@ -29,6 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from afar import _ipython
 from afar._shipping import answer_input, post_mortem
 from afar._sinks import Sink
 from afar._stream import router_for, silence
@@ -43,8 +44,6 @@ KEEP_SECONDS_DEFAULT = 300.0
 BLOCK_ATTRIBUTE = "_afar_block"
 # Failed blocks remembered on this client (each worker keeps one per client).
 MAX_FAILURES = 16
-# Seconds to send one answer to a worker.
-ANSWER_TIMEOUT = 30
 
 _DONE = object()
 
@@ -195,11 +194,9 @@ class BlockInput:
             self._write(f"[afar] could not answer the block at {self.label}: {error}\n")
 
     def _write(self, text: str) -> None:
-        if self.sink is not None:
-            self.sink.write(STDERR, text)
-        else:
-            sys.stderr.write(text)
-            sys.stderr.flush()
+        """afar's own line about the block: in its cell, else where the block's output goes."""
+        sink = self.sink if self.sink is not None else router_for(self.client).default_sink
+        sink.write(STDERR, text)
 
 
 def waiting_notice(label: str, request: Request) -> str:
@@ -346,7 +343,7 @@ def _stopping_on_interrupt(waiting: BlockInput) -> bool:
     In a notebook the block's output follows the session into this cell, where its prompts are.
     """
     _needs_synchronous(waiting.client, waiting.label)
-    sink = _cell_sink(waiting.label)
+    sink = _ipython.cell_sink(waiting.label)
     if sink is not None:
         router_for(waiting.client).register(waiting.block, sink)
         waiting.sink = sink
@@ -390,7 +387,7 @@ def _post_mortem(failure: KeptFailure) -> None:
         )
     router = router_for(client)
     key = f"afar-debug-{failure.block}-{os.urandom(4).hex()}"
-    sink = _cell_sink(failure.label)
+    sink = _ipython.cell_sink(failure.label)
     if sink is not None:
         router.register(key, sink)
     listener = BlockInput(client, key, failure.label, failure.secret, sink, waited_for=True)
@@ -417,13 +414,3 @@ def _post_mortem(failure: KeptFailure) -> None:
         router.unregister(key)
     if why:
         raise DebugError(f"cannot debug the block at {failure.label}: {why}")
-
-
-def _cell_sink(label: str) -> Sink | None:
-    from afar import _ipython
-
-    if _ipython.shell() is None:
-        return None
-    from afar._ipython.cells import sink_for_block
-
-    return sink_for_block(label)

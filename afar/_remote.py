@@ -144,6 +144,11 @@ def new_key(block: Block) -> str:
     return f"{block.key_prefix}-{_PROCESS_TOKEN}{next(_counter):x}"
 
 
+# The debugging settings of a block whose input nobody reads (a quiet block): no secret, no
+# breakpoints, no failure kept.
+NOT_DEBUGGED: tuple[str, bool, float] = ("", False, 0.0)
+
+
 def submit_block(
     client: Any,
     block: Block,
@@ -159,7 +164,7 @@ def submit_block(
     displays: tuple[str, ...] = (),
     kept: tuple[str, ...] = (),
     plotting: Any = None,
-    debugging: tuple[str, bool, float] = ("", False, 0.0),
+    debugging: tuple[str, bool, float] = NOT_DEBUGGED,
 ) -> Future:
     """The body task (one per block). No round trip: the client batches what it sends.
 

@@ -166,7 +166,7 @@ class Submission:
         if not location.quiet:
             # Subscribing (once per client) goes out before the block: no output is missed.
             router = router_for(client)
-            sink = _cell_sink(block.label)
+            sink = _ipython.cell_sink(block.label)
             # Progress only where it can be seen: in a notebook cell, or on an interactive
             # terminal while the caller waits (afar.get): a line drawn while the caller goes on
             # would draw over whatever the terminal shows next, such as a prompt.
@@ -211,7 +211,7 @@ class Submission:
         debugging = (
             (self.input.secret, location.debug, _debugging.keep_seconds())
             if self.input is not None
-            else ("", False, 0.0)
+            else _remote.NOT_DEBUGGED
         )
         return _remote.submit_block(
             client,
@@ -446,12 +446,3 @@ def _stderr_is_terminal() -> bool:
         return bool(sys.stderr.isatty())
     except (AttributeError, ValueError):  # None, or closed
         return False
-
-
-def _cell_sink(label: str) -> Sink | None:
-    """The notebook cell's sink for a block's output, or None outside a Jupyter kernel."""
-    if _ipython.shell() is None:
-        return None
-    from afar._ipython.cells import sink_for_block
-
-    return sink_for_block(label)

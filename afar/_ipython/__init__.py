@@ -15,10 +15,23 @@ afar never imports IPython itself: these modules are imported when IPython is al
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from afar._sinks import Sink
 
 
 def shell() -> Any:
     """The running IPython shell, or None outside IPython (without importing IPython)."""
     ipython = sys.modules.get("IPython")
     return ipython.get_ipython() if ipython is not None else None
+
+
+def cell_sink(label: str) -> Sink | None:
+    """The notebook cell's sink for the output of the block ``label``, or None outside a Jupyter
+    kernel (call it in the thread whose cell the output belongs to, see ``cells``)."""
+    if shell() is None:
+        return None
+    from afar._ipython.cells import sink_for_block
+
+    return sink_for_block(label)

@@ -360,13 +360,6 @@ def kept_failure(topic: str, block: str, secret: str) -> Failure | str:
     return failure
 
 
-def forget_failure(topic: str, block: str) -> None:
-    root: Any = sys.modules.get(_ROOT_NAME)
-    failure = None if root is None else root.failures.get(topic)
-    if failure is not None and failure.block == block:
-        del root.failures[topic]
-
-
 def post_mortem(topic: str, block: str, secret: str, client_streams: Any) -> str | None:
     """The post-mortem task: pdb on the kept traceback of ``block``, its input from the client.
 
