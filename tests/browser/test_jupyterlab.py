@@ -156,6 +156,16 @@ def cells(page: Any) -> Any:
     return page.locator(f"{SHOWN_NOTEBOOK} .jp-Cell")
 
 
+def open_notebook(page: Any, address: str, token: str, name: str) -> None:
+    """Open notebook ``name`` in a fresh workspace; wait until its cells show and its kernel is
+    idle."""
+    page.goto(f"{address}/lab/tree/{name}?reset&token={token}")
+    cells(page).first.wait_for(timeout=START_TIMEOUT * 1000)
+    page.locator(f"{SHOWN_NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(
+        timeout=START_TIMEOUT * 1000
+    )
+
+
 def run_cell(page: Any, index: int) -> None:
     """Run a cell as a user does: click into it, Shift+Enter; wait until it has run.
 
@@ -192,11 +202,7 @@ def test_a_cell_s_block_plots_and_the_image_appears(lab, browser) -> None:
     notebook(home / "plots.ipynb", [SETUP, PLOT])
     page = browser.new_page()
     try:
-        page.goto(f"{address}/lab/tree/plots.ipynb?reset&token={token}")
-        cells(page).first.wait_for(timeout=START_TIMEOUT * 1000)
-        page.locator(
-            f"{SHOWN_NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status='idle']"
-        ).wait_for(timeout=START_TIMEOUT * 1000)
+        open_notebook(page, address, token, "plots.ipynb")
         for index in range(2):
             run_cell(page, index)
         image = cells(page).nth(1).locator(".jp-OutputArea-output img")
@@ -233,11 +239,7 @@ def test_breakpoint_in_a_cell_s_block_asks_in_the_cell(lab, browser) -> None:
     notebook(home / "debug.ipynb", [SETUP, BREAKPOINT, "print('y is', y)"])
     page = browser.new_page()
     try:
-        page.goto(f"{address}/lab/tree/debug.ipynb?reset&token={token}")
-        cells(page).first.wait_for(timeout=START_TIMEOUT * 1000)
-        page.locator(
-            f"{SHOWN_NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status='idle']"
-        ).wait_for(timeout=START_TIMEOUT * 1000)
+        open_notebook(page, address, token, "debug.ipynb")
         run_cell(page, 0)
         cell = cells(page).nth(1)
         cell.locator(".jp-InputArea-editor").click()
@@ -278,11 +280,7 @@ def test_plotly_altair_and_bokeh_figures_of_a_block_render(lab, browser) -> None
     notebook(home / "libraries.ipynb", [SETUP, *LIBRARIES])
     page = browser.new_page()
     try:
-        page.goto(f"{address}/lab/tree/libraries.ipynb?reset&token={token}")
-        cells(page).first.wait_for(timeout=START_TIMEOUT * 1000)
-        page.locator(
-            f"{SHOWN_NOTEBOOK} .jp-Notebook-ExecutionIndicator[data-status='idle']"
-        ).wait_for(timeout=START_TIMEOUT * 1000)
+        open_notebook(page, address, token, "libraries.ipynb")
         for index in range(len(LIBRARIES) + 1):
             run_cell(page, index)
         for index, drawn in enumerate(RENDERED, 1):
