@@ -238,8 +238,12 @@ def ensure_kept(
     sending = missing(client, large)
     if not sending:
         return keep(client, large, {})
+    # A worker in this process (inproc://) gets the object itself, not a copy made by sending.
+    in_process = str(getattr(client.scheduler, "address", "")).startswith("inproc://")
     outcome = client.scatter(
-        {key: item.kept for key, item in sending.items()}, hash=False, workers=workers
+        {key: item.kept.snapshot() if in_process else item.kept for key, item in sending.items()},
+        hash=False,
+        workers=workers,
     )
     if client.asynchronous:
         return _keep_when_scattered(outcome, client, large, sending)

@@ -578,10 +578,10 @@ def loopback(args: argparse.Namespace, repeats: int) -> None:
     with cluster(None, 0) as (client, pids):
         for megabytes in (1, 10, big) if not args.quick else (1, big):
             large_input(
-                client, pids, megabytes, repeats if megabytes < 100 else max(3, repeats // 3), None
+                client, pids, megabytes, repeats if megabytes < 100 else max(3, repeats // 2), None
             )
         large_frame(client, pids, max(2, repeats // 3), None, big)
-        one_input_many_blocks(client, pids, big, 10, max(1, repeats // 6), None)
+        one_input_many_blocks(client, pids, big, 10, max(1, repeats // 3), None)
         changed_between_blocks(client)
         large_result(client, repeats, None)
         nested_tasks(client, max(3, repeats // 3), None)

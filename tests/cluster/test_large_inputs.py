@@ -24,7 +24,7 @@ import pyarrow as pa
 import pytest
 from _remote_helpers import GATE_TIMEOUT, RESULT_TIMEOUT, flush, new_gate_name
 from _tagged import Tagged
-from distributed import Client, Event
+from distributed import Client, Event, LocalCluster
 
 import afar
 from afar import _inputs
@@ -337,3 +337,30 @@ def test_an_asynchronous_client_keeps_large_inputs(cluster: Any) -> None:
             return len(_inputs._table(client).entries)
 
     assert asyncio.run(asyncio.wait_for(main(), RESULT_TIMEOUT)) == 1
+
+
+def test_a_worker_in_the_caller_s_process_has_its_own_copy_too() -> None:
+    """Dask hands a worker of this process (``processes=False``: inproc://) the scattered object
+    itself, not a copy made by sending it: the block's writes must not reach the caller's value,
+    nor a change of the caller's after the ``with`` the block."""
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as local,
+        Client(local, set_as_default=False) as client,
+    ):
+        location = afar.remotely(client=client)
+        value = np.zeros(LARGE // 8)
+        with afar.get, location:
+            value[0] = 7.0
+            written = float(value[0])
+        assert (written, value[0]) == (7.0, 0.0)
+        gate = new_gate_name()
+        with afar.run, location:
+            import distributed
+
+            distributed.Event(gate).wait(GATE_TIMEOUT)
+            later = float(value[1])
+        value[1] = 5.0  # after the with, before the block reads it
+        Event(gate, client=client).set()
+        assert later.result(timeout=RESULT_TIMEOUT) == 0.0
