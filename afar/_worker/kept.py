@@ -235,7 +235,7 @@ def _private(view: memoryview, readonly: bool) -> memoryview:
         return memoryview(bytearray(view))
     copy = numpy.empty(view.nbytes, dtype=numpy.uint8)
     copy[:] = numpy.frombuffer(view, dtype=numpy.uint8)
-    return memoryview(copy)
+    return copy.data
 
 
 def _raw(buffer: pickle.PickleBuffer) -> memoryview:
