@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from distributed import Future
 
-from afar import _debugging, _inputs, _ipython, _modules, _plots, _remote
+from afar import _debugging, _inputs, _ipython, _modules, _plots, _releasing, _remote
 from afar._locations import Location
 from afar._shipping import ensure_runtime
 from afar._sinks import Sink, failure_report, report_failure
@@ -281,6 +281,7 @@ def submit(submission: Submission) -> None:
     """Send a block from synchronous code (the wait, for afar.get, is the caller's next step)."""
     _before_sending(submission)
     submission.send()
+    _releasing.let_go(submission.client)  # after the graph, in its batch
 
 
 async def submit_async(submission: Submission) -> None:
@@ -293,6 +294,7 @@ async def submit_async(submission: Submission) -> None:
     if not client.asynchronous:
         await asyncio.to_thread(_before_sending, submission)
         submission.send()
+        _releasing.let_go(client)
         await submission.results.wait_async(submission)
         return
     registering = ensure_runtime(client)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed import Future
 
-from afar import _debugging, _ipython, _plots
+from afar import _debugging, _ipython, _plots, _releasing
 from afar._shipping import culprits
 from afar._stream import silence
 from afar._submission import Results
@@ -60,6 +60,7 @@ class Values(Results):
         finally:
             _close_sink(submission)
         bind_results(submission.entry, values)
+        _releasing.hold_until_next_block(submission.client, submission.body)
         _plots.take()  # the block's figures join pyplot here, in the thread that waited
 
     async def wait_async(self, submission: Submission) -> None:

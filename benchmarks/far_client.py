@@ -46,6 +46,10 @@ LOOPBACK = ("--host", "127.0.0.1", "--no-dashboard")
 WORKER = ("--nthreads", "2", "--no-nanny", *LOOPBACK)
 # Bytes of data the proxy holds in flight per direction at most (like a TCP window).
 PROXY_WINDOW = 4 * 2**20
+# Seconds between two measured cases, not measured: Dask's client sends its messages in batches
+# at least 10 ms apart, so a case started within 10 ms of the previous case's last message (a
+# Future it let go) would wait out the rest of that interval for the previous case.
+SETTLE_SECONDS = 0.02
 
 
 # -- the proxy ------------------------------------------------------------------------------------
@@ -208,6 +212,7 @@ def interleave(repeats: int, cases: list[Callable[[], object]]) -> list[list[flo
     times: list[list[float]] = [[] for _ in cases]
     for _ in range(repeats):
         for index, (case, found) in enumerate(zip(cases, times)):
+            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             if index == 0:
                 without_large_graph_warning(case)
@@ -491,6 +496,7 @@ def one_input_many_blocks(
     for _ in range(repeats):
         for index, case in enumerate(cases):
             before = sent_bytes(pids)
+            time.sleep(SETTLE_SECONDS)
             start = time.perf_counter()
             case()
             measured[index].append(time.perf_counter() - start)

@@ -25,6 +25,10 @@ from distributed import Client, LocalCluster, wait
 import afar
 
 MEGABYTE = 1_000_000
+# Seconds between two measured cases, not measured: Dask's client sends its messages in batches
+# at least 10 ms apart, so a case started within 10 ms of the previous case's last message (a
+# Future it let go) would wait out the rest of that interval for the previous case.
+SETTLE_SECONDS = 0.02
 
 
 def increment(x: int) -> int:
@@ -52,6 +56,7 @@ def interleave(
     afar_times, bare_times = [], []
     for _ in range(repeats):
         for case, times in ((afar_case, afar_times), (bare_case, bare_times)):
+            time.sleep(SETTLE_SECONDS)  # each case from an idle client (see SETTLE_SECONDS)
             start = clock()
             case()
             times.append(clock() - start)
