@@ -9,7 +9,10 @@ timing of it may leave the window's state taken or the threads waiting for each 
 every millisecond, and every exception is caught where it landed.
 
 Every thread is a daemon and every wait is bounded: a window that deadlocks fails the test with
-the stacks of the stuck threads, it does not hang pytest.
+the stacks of the stuck threads and how far the rounds got, it does not hang pytest; a stop that
+lands after a block's call fails it as "stopped outside the block", one that ends the blocks'
+thread as "escaped", not as a deadlock of the stopping thread waiting for a round that never
+comes.
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ JOIN_TIMEOUT = 30
 SPIN_LIMIT = 20
 
 
-def run_bounded(targets: list[Callable[[], None]], timeout: float) -> None:
-    """Run each target in a daemon thread; fail with their stacks if any is still running."""
+def run_bounded(
+    targets: list[Callable[[], None]], timeout: float, progress: Callable[[], object] = str
+) -> None:
+    """Run each target in a daemon thread; fail with their stacks if any is still running
+    (and with what ``progress()`` says of how far they got)."""
     threads = [threading.Thread(target=target, daemon=True) for target in targets]
     previous = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
@@ -60,7 +66,10 @@ def run_bounded(targets: list[Callable[[], None]], timeout: float) -> None:
             for thread in stuck
             if thread.ident in frames
         )
-        pytest.fail(f"deadlocked: {len(stuck)} thread(s) still running after {timeout} s\n{stacks}")
+        pytest.fail(
+            f"deadlocked: {len(stuck)} thread(s) still running after {timeout} s "
+            f"({progress()})\n{stacks}"
+        )
 
 
 def window_with_fast_watchdog(label: str) -> Running:
@@ -72,8 +81,16 @@ def window_with_fast_watchdog(label: str) -> Running:
 def test_a_stop_lands_only_inside_the_block() -> None:
     error = running_blocks()["error"]
     rounds: queue.SimpleQueue[tuple[Running, int, threading.Event] | None] = queue.SimpleQueue()
-    outcome = {"stopped": 0, "returned": 0, "outside": 0, "escaped": 0, "swallowed": 0}
+    outcome = {
+        "stopped": 0,
+        "returned": 0,
+        "outside": 0,
+        "escaped": 0,
+        "swallowed": 0,
+        "finished": 0,
+    }
     last_stopped = threading.Event()
+    blocks_thread: list[threading.Thread] = []
 
     def body(steps: int, swallow: bool) -> Callable[[], int]:
         def block() -> int:
@@ -98,6 +115,7 @@ def test_a_stop_lands_only_inside_the_block() -> None:
             pass
 
     def blocks() -> None:
+        blocks_thread.append(threading.current_thread())
         try:
             for round_ in range(ROUNDS + 1):
                 last = round_ == ROUNDS
@@ -123,10 +141,19 @@ def test_a_stop_lands_only_inside_the_block() -> None:
                     time.sleep(0)
                 except error:
                     outcome["outside"] += 1
+            outcome["finished"] = 1
         except error:
             outcome["escaped"] += 1
         finally:
             rounds.put(None)
+
+    def started(calling: threading.Event) -> bool:
+        # The round's call starts, unless a stop that escaped ended the blocks' thread first.
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while not calling.wait(0.05):
+            if not blocks_thread[0].is_alive() or time.monotonic() > deadline:
+                return False
+        return True
 
     def stopper() -> None:
         # Each block is stopped after a random part of what it takes (and up to a fifth more):
@@ -134,15 +161,16 @@ def test_a_stop_lands_only_inside_the_block() -> None:
         chance = random.Random(22)
         while (item := rounds.get(timeout=JOIN_TIMEOUT)) is not None:
             running, steps, calling = item
-            if not calling.wait(JOIN_TIMEOUT):
+            if not started(calling):
                 return
             for _ in range(chance.randrange(steps * 6 // 5 + 1)):
                 pass
             running.stop("cancelled")
 
-    run_bounded([blocks, stopper], JOIN_TIMEOUT)
+    run_bounded([blocks, stopper], JOIN_TIMEOUT, lambda: f"outcome so far: {outcome}")
     assert outcome["outside"] == 0, f"stopped outside the block: {outcome}"
     assert outcome["escaped"] == 0, f"a stop escaped the code after the block: {outcome}"
+    assert outcome["finished"], f"a stop ended the blocks' thread: {outcome}"
     assert last_stopped.is_set(), f"a spinning block was not stopped: {outcome}"
 
 
